@@ -1,0 +1,44 @@
+# Set-up and main jobs. Every target creates .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HYPOTHESIS_PROFILE ?= dev
+
+.PHONY: help venv test test-fast lint bench bench-full clean
+
+help:
+	@echo "make test    - install into .venv (first time) and run the test suite"
+	@echo "make bench   - run allreduce-bench on logical CPU devices (writes bench-results/)"
+	@echo "make lint    - ruff"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=85 -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -x --no-cov -m "not multiworker"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+bench: $(STAMP)
+	mkdir -p bench-results
+	$(BIN)/allreduce-bench --quick --json bench-results/latest.json --plot bench-results/latest.png
+
+bench-full: $(STAMP)
+	mkdir -p bench-results
+	$(BIN)/allreduce-bench --json bench-results/full.json --plot bench-results/full.png
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache bench-results .coverage

@@ -1,0 +1,91 @@
+"""What every builder shares: the build context, dispatch and copies between devices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from allreduce._tf import tf
+from allreduce.registry import AlgorithmInfo
+
+__all__ = ["BuildContext", "broadcast", "reduce_to_one", "run_all_reduce", "split_on"]
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Options of one all-reduce, passed to every builder.
+
+    Attributes:
+        info: the algorithm being built.
+        shards: the spec's ``#k`` (1 when absent).
+        tensor_index: the position of this tensor among those the same spec range
+            reduces in one batch; algorithms that pick devices round-robin use it.
+        worker_groups: input indices grouped by worker, for hierarchical algorithms;
+            ``None`` groups by the ``/job/replica/task`` of the device names.
+        timeout_s: the most seconds a collective may wait for its peers (0: no limit).
+    """
+
+    info: AlgorithmInfo
+    shards: int = 1
+    tensor_index: int = 0
+    worker_groups: tuple[tuple[int, ...], ...] | None = None
+    timeout_s: float = 0.0
+
+    def for_algorithm(self, info: AlgorithmInfo, shards: int = 1) -> BuildContext:
+        """The same context for a level of a hierarchical algorithm."""
+        return replace(self, info=info, shards=shards, worker_groups=None)
+
+
+def run_all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
+    """Runs ``ctx.info``'s builder; one input is returned as a copy on its device.
+
+    Raises:
+        ValueError: the algorithm needs distinct devices and two inputs share one.
+    """
+    if ctx.info.distinct_devices and len(set(devices)) != len(devices):
+        repeated = sorted({d for d in devices if list(devices).count(d) > 1})
+        raise ValueError(
+            f"{ctx.info.name} needs every input on a different device, but {repeated} "
+            "hold more than one; use e.g. 'xring' or 'pscpu' instead"
+        )
+    if len(values) == 1:
+        return broadcast(values[0], devices)
+    return list(ctx.info.load_builder()(list(values), list(devices), ctx))
+
+
+def reduce_to_one(
+    values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext
+) -> tuple[tf.Tensor, str]:
+    """Leaves the sum of ``values`` on one device, with the algorithm's reducer if it
+    has one, else with its all-reduce (keeping the first device's result)."""
+    if len(values) == 1:
+        return values[0], devices[0]
+    reducer = ctx.info.load_reducer()
+    if reducer is not None:
+        return reducer(list(values), list(devices), ctx)
+    return run_all_reduce(values, devices, ctx)[0], devices[0]
+
+
+def broadcast(value: tf.Tensor, devices: Sequence[str]) -> list[tf.Tensor]:
+    """A copy of ``value`` on each device."""
+    out = []
+    for device in devices:
+        with tf.device(device):
+            out.append(tf.identity(value))
+    return out
+
+
+def split_on(value: tf.Tensor, device: str, sizes: Sequence[int]) -> list[tf.Tensor]:
+    """Splits a 1-D tensor into pieces of the given sizes, on ``device``."""
+    if len(sizes) == 1:
+        return [value]
+    with tf.device(device):
+        return tf.split(value, list(sizes), axis=0, num=len(sizes))
+
+
+def concat_on(pieces: Sequence[tf.Tensor], device: str) -> tf.Tensor:
+    """Concatenates 1-D pieces on ``device`` (a single piece is copied there)."""
+    with tf.device(device):
+        if len(pieces) == 1:
+            return tf.identity(pieces[0])
+        return tf.concat(list(pieces), axis=0)

@@ -1,0 +1,37 @@
+"""Hierarchical ``A/B``: ``A`` within each worker, ``B`` across workers, broadcast back.
+
+Workers are the ``/job/replica/task`` of the device names unless the caller passes an
+explicit grouping (which lets one machine stand in for several). ``A`` leaves each
+worker's sum on one device (its reducer, e.g. a worker CPU for ``pscpu``); ``B``
+all-reduces those sums, with the spec's shard count; each worker then copies its
+result to its devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from allreduce._tf import tf
+from allreduce.algorithms.base import BuildContext, broadcast, reduce_to_one, run_all_reduce
+from allreduce.devices import group_by_worker
+from allreduce.registry import get_algorithm
+
+
+def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
+    """Two-level all-reduce of 1-D ``values``."""
+    lower, upper = (get_algorithm(name) for name in ctx.info.levels)
+    groups = ctx.worker_groups or tuple(tuple(g) for g in group_by_worker(devices))
+    sums, sum_devices = [], []
+    for group in groups:
+        total, device = reduce_to_one(
+            [values[i] for i in group], [devices[i] for i in group], ctx.for_algorithm(lower)
+        )
+        sums.append(total)
+        sum_devices.append(device)
+    if len(groups) > 1:
+        sums = run_all_reduce(sums, sum_devices, ctx.for_algorithm(upper, ctx.shards))
+    results: list[tf.Tensor | None] = [None] * len(values)
+    for group, total in zip(groups, sums):
+        for i, copy in zip(group, broadcast(total, [devices[i] for i in group])):
+            results[i] = copy
+    return results

@@ -1,0 +1,42 @@
+"""NVIDIA NCCL all-reduce (``nccl``) through ``tf.raw_ops.NcclAllReduce``; GPUs only.
+
+NCCL needs every input on a different physical GPU of one process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Sequence
+
+from allreduce._tf import tf
+from allreduce.algorithms._graph import call_in_graph
+from allreduce.algorithms.base import BuildContext
+
+_lock = threading.Lock()
+_names = itertools.count(1)
+
+
+def _shared_name() -> str:
+    with _lock:
+        return f"allreduce_nccl_{next(_names)}"
+
+
+def build(values: Sequence[tf.Tensor], devices: Sequence[str]) -> list[tf.Tensor]:
+    """Emits one ``NcclAllReduce`` per GPU (graph mode only)."""
+    name = _shared_name()
+    out = []
+    for value, device in zip(values, devices):
+        with tf.device(device):
+            out.append(
+                tf.raw_ops.NcclAllReduce(
+                    input=value, reduction="sum", num_devices=len(values), shared_name=name
+                )
+            )
+    return out
+
+
+def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
+    """NCCL all-reduce of 1-D ``values``."""
+    key = ("nccl", tuple(devices), values[0].shape[0], values[0].dtype)
+    return call_in_graph(key, lambda vs: build(vs, devices), values, devices)

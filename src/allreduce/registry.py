@@ -1,0 +1,244 @@
+"""The one list of all-reduce algorithms that the spec language names (pure Python).
+
+Each algorithm lives in its own module under ``allreduce.algorithms``; this table
+holds what the spec parser and the benchmark need to know about it without importing
+TensorFlow. Adding an algorithm means one new module and one :func:`register` line.
+
+An entry names its builder as ``"module:function"`` in ``allreduce.algorithms``. A
+builder takes ``(values, devices, ctx)``: ``values`` are 1-D tensors of one length and
+dtype, at least two of them, ``values[i]`` on ``devices[i]``, and ``ctx`` an
+``allreduce.algorithms.base.BuildContext``; it returns their elementwise sums,
+``result[i]`` on ``devices[i]``, bitwise identical. An entry may also name a
+``reducer`` with the same arguments that returns ``(sum, device)``: one sum left on
+one device, which a hierarchical algorithm's first level uses instead of a full
+all-reduce.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CPU",
+    "GPU",
+    "AlgorithmInfo",
+    "algorithm_names",
+    "get_algorithm",
+    "is_algorithm_name",
+    "register",
+]
+
+CPU = "CPU"
+GPU = "GPU"
+HIERARCHY_SEPARATOR = "/"
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """What the library knows about one algorithm name.
+
+    Attributes:
+        name: the name in a spec (``xring``, ``nccl/xring``).
+        summary: one line for the README and ``allreduce-bench --help``.
+        builder: ``"module:function"`` in ``allreduce.algorithms`` that builds it.
+        device_types: the device types its inputs may sit on.
+        shards: what ``#k`` means for it, or ``None`` when it takes no shard count.
+        composable: whether it may be a level of a hierarchical ``A/B`` spec.
+        reduces: ``False`` only for the no-reduction baseline ``trivial``.
+        distinct_devices: whether every input must sit on a different device.
+        levels: the two level names of a hierarchical algorithm, else ``()``.
+        reducer: optional ``"module:function"`` that leaves one sum on one device.
+    """
+
+    name: str
+    summary: str
+    builder: str
+    device_types: frozenset[str]
+    shards: str | None = None
+    composable: bool = True
+    reduces: bool = True
+    distinct_devices: bool = False
+    levels: tuple[str, ...] = ()
+    reducer: str | None = None
+
+    @property
+    def is_hierarchical(self) -> bool:
+        return bool(self.levels)
+
+    @property
+    def takes_shards(self) -> bool:
+        return self.shards is not None
+
+    def load_builder(self) -> Callable[..., Any]:
+        """Imports and returns the builder function (this needs TensorFlow)."""
+        return _resolve(self.builder)
+
+    def load_reducer(self) -> Callable[..., Any] | None:
+        """Imports and returns the reducer function, or ``None`` if there is none."""
+        return _resolve(self.reducer) if self.reducer else None
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(f"allreduce.algorithms.{module}"), function)
+
+
+_REGISTRY: dict[str, AlgorithmInfo] = {}
+
+
+def register(info: AlgorithmInfo) -> AlgorithmInfo:
+    """Adds a flat (non-hierarchical) algorithm to the registry.
+
+    Raises:
+        ValueError: the name is taken or contains a spec delimiter.
+    """
+    if info.name in _REGISTRY:
+        raise ValueError(f"algorithm {info.name!r} is already registered")
+    if any(c in info.name for c in ":#/") or not info.name:
+        raise ValueError(f"invalid algorithm name {info.name!r}: it may not contain ':', '#' or '/'")
+    _REGISTRY[info.name] = info
+    return info
+
+
+def _hierarchical(name: str) -> AlgorithmInfo | None:
+    parts = name.split(HIERARCHY_SEPARATOR)
+    if len(parts) != 2:
+        return None
+    lower, upper = (_REGISTRY.get(p) for p in parts)
+    if lower is None or upper is None or not (lower.composable and upper.composable):
+        return None
+    return AlgorithmInfo(
+        name=name,
+        summary=f"{lower.name} within each worker, {upper.name} across workers, then broadcast",
+        builder="hierarchical:all_reduce",
+        device_types=lower.device_types,
+        shards=f"{upper.shards} of the across-worker level" if upper.shards else None,
+        composable=False,
+        distinct_devices=lower.distinct_devices,
+        levels=(lower.name, upper.name),
+    )
+
+
+def get_algorithm(name: str) -> AlgorithmInfo:
+    """Returns the entry for ``name``, a flat name or a hierarchical ``A/B`` pair.
+
+    Raises:
+        ValueError: ``name`` is not an algorithm.
+    """
+    info = _REGISTRY.get(name) if isinstance(name, str) else None
+    if info is None and isinstance(name, str):
+        info = _hierarchical(name)
+    if info is None:
+        raise ValueError(
+            f"unknown all-reduce algorithm {name!r}; known: {', '.join(algorithm_names())}, "
+            "or A/B for two of them (e.g. 'nccl/xring', 'pscpu/pscpu')"
+        )
+    return info
+
+
+def is_algorithm_name(name: str) -> bool:
+    """Whether ``name`` is a registered algorithm or a valid ``A/B`` pair."""
+    try:
+        get_algorithm(name)
+    except ValueError:
+        return False
+    return True
+
+
+def algorithm_names(*, hierarchical: bool = False) -> list[str]:
+    """Registered flat names, plus the named hierarchical pairs if asked."""
+    names = list(_REGISTRY)
+    if hierarchical:
+        names += list(NAMED_HIERARCHICAL)
+    return names
+
+
+_BOTH = frozenset({CPU, GPU})
+_GPU_ONLY = frozenset({GPU})
+
+register(
+    AlgorithmInfo(
+        "xring",
+        "ring all-reduce: reduce-scatter then all-gather around the devices",
+        "ring:all_reduce",
+        _BOTH,
+        shards="independent subchunk rings",
+    )
+)
+register(
+    AlgorithmInfo(
+        "rechd", "recursive halving-doubling, for any device count", "halving_doubling:all_reduce", _BOTH
+    )
+)
+register(
+    AlgorithmInfo(
+        "pscpu",
+        "shuffle: each shard summed on a CPU of the workers and copied back",
+        "shuffle:all_reduce_on_cpus",
+        _BOTH,
+        shards="gather devices per tensor",
+        reducer="shuffle:reduce_on_cpus",
+    )
+)
+register(
+    AlgorithmInfo(
+        "psgpu",
+        "shuffle: each shard summed on one of the GPUs and copied back",
+        "shuffle:all_reduce_on_gpus",
+        _GPU_ONLY,
+        shards="gather GPUs per tensor",
+        reducer="shuffle:reduce_on_gpus",
+    )
+)
+register(
+    AlgorithmInfo(
+        "nccl",
+        "NVIDIA NCCL all-reduce (tf.raw_ops.NcclAllReduce)",
+        "nccl:all_reduce",
+        _GPU_ONLY,
+        distinct_devices=True,
+    )
+)
+register(
+    AlgorithmInfo(
+        "collective",
+        "TensorFlow collective ops (CollectiveReduceV2), also across workers",
+        "collective:all_reduce",
+        _BOTH,
+        distinct_devices=True,
+    )
+)
+register(
+    AlgorithmInfo(
+        "simple",
+        "one add_n on the first device, copied to every device",
+        "simple:simple",
+        _BOTH,
+        reducer="simple:simple_reduce",
+    )
+)
+register(
+    AlgorithmInfo(
+        "better",
+        "copy-based aggregation, the summing device chosen round-robin per tensor",
+        "simple:better",
+        _BOTH,
+        reducer="simple:better_reduce",
+    )
+)
+register(
+    AlgorithmInfo(
+        "trivial",
+        "no reduction: returns each input unchanged (a baseline, not an all-reduce)",
+        "simple:trivial",
+        _BOTH,
+        composable=False,
+        reduces=False,
+    )
+)
+
+#: Hierarchical pairs with a documented meaning (any A/B of composable names is valid).
+NAMED_HIERARCHICAL = ("nccl/xring", "nccl/rechd", "nccl/pscpu", "pscpu/pscpu")

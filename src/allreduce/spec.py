@@ -1,0 +1,169 @@
+"""The all-reduce spec language (pure Python).
+
+Grammar::
+
+    int       ::= [0-9]+
+    g_int     ::= int [KkMGT]?          # K/k = 1024, M = 1024**2, ...
+    alg       ::= name | name/name      # a registered algorithm or a hierarchical pair
+    alg_spec  ::= alg | alg#int         # int >= 1: the shard count
+    spec      ::= alg_spec (:g_int:alg_spec)*
+
+``pscpu:2k:pscpu#2:64k:xring`` sends tensors of at most 2048 *elements* to ``pscpu``,
+those of at most 65536 elements to ``pscpu#2`` and larger ones to ``xring``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from allreduce.registry import get_algorithm
+
+__all__ = [
+    "AllReduceSpecTuple",
+    "format_all_reduce_spec",
+    "parse_all_reduce_spec",
+    "parse_general_int",
+    "select_spec_tuple",
+]
+
+_SUFFIXES = {"": 1, "K": 1024, "k": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_GENERAL_INT = re.compile(r"([0-9]+)([KkMGT]?)")
+_POSITIVE_INT = re.compile(r"[0-9]+")
+UNLIMITED = -1
+
+
+class AllReduceSpecTuple(NamedTuple):
+    """One range of a spec: algorithm name, shard count and the largest element count
+    it handles (``-1``: no limit, used by the last range)."""
+
+    alg: str
+    shards: int
+    limit: int
+
+
+def parse_general_int(s: str) -> int:
+    """Parses a non-negative integer with an optional binary suffix: ``32k`` is 32768.
+
+    Raises:
+        TypeError: ``s`` is not a string.
+        ValueError: ``s`` is not digits followed by at most one of ``K k M G T``.
+    """
+    if not isinstance(s, str):
+        raise TypeError(f"expected a str, got {type(s).__name__}: {s!r}")
+    match = _GENERAL_INT.fullmatch(s)
+    if match is None:
+        raise ValueError(f"invalid integer string {s!r}: expected digits and an optional K, k, M, G or T")
+    digits, suffix = match.groups()
+    return int(digits) * _SUFFIXES[suffix]
+
+
+def _parse_alg_spec(spec: str, part: str) -> tuple[str, int]:
+    if not part:
+        raise ValueError(f"all_reduce_spec {spec!r} has an empty algorithm part")
+    name, hash_mark, shards_text = part.partition("#")
+    try:
+        info = get_algorithm(name)
+    except ValueError as err:
+        raise ValueError(f"all_reduce_spec {spec!r} contains invalid algorithm {name!r}: {err}") from None
+    if not hash_mark:
+        return name, 1
+    if not shards_text:
+        raise ValueError(f"all_reduce_spec {spec!r}: shard count missing after '#' in {part!r}")
+    if _POSITIVE_INT.fullmatch(shards_text) is None:
+        raise ValueError(f"all_reduce_spec {spec!r} contains non-integer shards {shards_text!r} in {part!r}")
+    shards = int(shards_text)
+    if shards < 1:
+        raise ValueError(f"all_reduce_spec {spec!r}: shard count must be at least 1 in {part!r}")
+    if shards > 1 and not info.takes_shards:
+        raise ValueError(f"all_reduce_spec {spec!r}: algorithm {name!r} takes no shard count ({part!r})")
+    return name, shards
+
+
+def parse_all_reduce_spec(all_reduce_spec: str) -> list[AllReduceSpecTuple]:
+    """Parses a spec string into one :class:`AllReduceSpecTuple` per size range.
+
+    The last tuple has ``limit == -1`` (no upper bound).
+
+    Raises:
+        TypeError: the spec is not a string.
+        ValueError: the spec is malformed; the message names the spec and the part.
+    """
+    if not isinstance(all_reduce_spec, str):
+        raise TypeError(f"all_reduce_spec must be a str, got {type(all_reduce_spec).__name__}")
+    spec = all_reduce_spec
+    if not spec:
+        raise ValueError("all_reduce_spec is empty: expected e.g. 'xring' or 'pscpu:2k:xring'")
+    parts = spec.split(":")
+    if len(parts) % 2 == 0:
+        raise ValueError(
+            f"all_reduce_spec {spec!r} is not well formed: {len(parts)} ':'-separated parts, "
+            "expected alg(:limit:alg)*"
+        )
+    result = []
+    previous = None
+    for i in range(0, len(parts), 2):
+        alg, shards = _parse_alg_spec(spec, parts[i])
+        if i + 1 < len(parts):
+            text = parts[i + 1]
+            try:
+                limit = parse_general_int(text)
+            except ValueError:
+                raise ValueError(f"all_reduce_spec {spec!r} contains non-integer range {text!r}") from None
+            if previous is not None and limit <= previous:
+                raise ValueError(
+                    f"all_reduce_spec {spec!r}: range limit {text!r} ({limit}) does not exceed "
+                    f"the previous limit ({previous})"
+                )
+            previous = limit
+        else:
+            limit = UNLIMITED
+        result.append(AllReduceSpecTuple(alg=alg, shards=shards, limit=limit))
+    return result
+
+
+def _format_limit(limit: int) -> str:
+    for suffix, factor in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("k", 1024)):
+        if limit >= factor and limit % factor == 0:
+            return f"{limit // factor}{suffix}"
+    return str(limit)
+
+
+def format_all_reduce_spec(tuples: Iterable[AllReduceSpecTuple | Sequence]) -> str:
+    """Formats spec tuples as a string that :func:`parse_all_reduce_spec` reads back.
+
+    Raises:
+        ValueError: the tuples do not describe a valid spec (unknown algorithm, a shard
+            count below 1, limits that do not increase, or a last limit other than -1).
+    """
+    items = [AllReduceSpecTuple(*t) for t in tuples]
+    if not items:
+        raise ValueError("cannot format an empty list of spec tuples")
+    pieces = []
+    for i, (alg, shards, limit) in enumerate(items):
+        info = get_algorithm(alg)
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise ValueError(f"spec tuple {items[i]}: shards must be an int of at least 1")
+        if shards > 1 and not info.takes_shards:
+            raise ValueError(f"spec tuple {items[i]}: algorithm {alg!r} takes no shard count")
+        pieces.append(alg if shards == 1 else f"{alg}#{shards}")
+        last = i == len(items) - 1
+        if last:
+            if limit != UNLIMITED:
+                raise ValueError(f"spec tuple {items[i]}: the last limit must be -1 (no limit)")
+        else:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError(f"spec tuple {items[i]}: limit must be a non-negative int")
+            if i > 0 and limit <= items[i - 1].limit:
+                raise ValueError(f"spec tuple {items[i]}: limits must increase")
+            pieces.append(_format_limit(limit))
+    return ":".join(pieces)
+
+
+def select_spec_tuple(spec: Sequence[AllReduceSpecTuple], num_elements: int) -> AllReduceSpecTuple:
+    """The tuple whose range holds a tensor of ``num_elements`` elements."""
+    for item in spec:
+        if item.limit == UNLIMITED or num_elements <= item.limit:
+            return item
+    raise ValueError(f"spec {list(spec)} has no range for {num_elements} elements")
