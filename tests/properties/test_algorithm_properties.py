@@ -1,0 +1,200 @@
+"""Every CPU algorithm against the float64 numpy oracle, on 1-8 logical CPUs.
+
+For each example: every output equals the exact sum (or mean) within the rounding
+bound of its dtype and device count (integers exactly), sits on its input's device,
+and is bitwise identical to the other outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
+
+import allreduce
+from allreduce.registry import CPU, algorithm_names, get_algorithm
+from tests.oracle import exact_sum, to_float64, tolerance
+from tests.strategies import ALL_TEST_DTYPES, cpu, make_tensor, random_values, shapes
+
+CPU_REDUCING = [
+    n for n in algorithm_names() if CPU in get_algorithm(n).device_types and get_algorithm(n).reduces
+]
+CPU_COMPOSABLE = [n for n in CPU_REDUCING if get_algorithm(n).composable]
+
+
+def max_shards(alg: str, n: int) -> int:
+    """The largest shard count the algorithm can honour on ``n`` logical CPUs."""
+    info = get_algorithm(alg)
+    if not info.takes_shards:
+        return 1
+    upper = info.levels[-1] if info.levels else alg
+    return n if upper == "pscpu" else 5
+
+
+@st.composite
+def partitions(draw: st.DrawFn, n: int) -> list[list[int]]:
+    """A random grouping of 0..n-1 into workers (contiguous or shuffled)."""
+    order = draw(st.permutations(range(n)))
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, n - 1)), max_size=n - 1))) if n > 1 else []
+    bounds = [0, *cuts, n]
+    return [sorted(order[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+@st.composite
+def cases(draw: st.DrawFn, alg: str | None = None) -> dict:
+    if alg is None:
+        alg = f"{draw(st.sampled_from(CPU_COMPOSABLE))}/{draw(st.sampled_from(CPU_COMPOSABLE))}"
+    n = draw(st.integers(1, 8))
+    shards = draw(st.integers(1, max_shards(alg, n if "/" not in alg else 1)))
+    dtype = draw(st.sampled_from(ALL_TEST_DTYPES))
+    reduction = "sum" if dtype.is_integer else draw(st.sampled_from(["sum", "mean"]))
+    return dict(
+        spec=alg if shards == 1 else f"{alg}#{shards}",
+        n=n,
+        shape=draw(shapes),
+        dtype=dtype,
+        reduction=reduction,
+        graph=draw(st.booleans()),
+        groups=draw(partitions(n)) if "/" in alg else None,
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+def placement(t: tf.Tensor) -> str:
+    """The device of the op that produced a function output (tf.function wraps outputs
+    in device-less Identity ops)."""
+    while not t.device and t.op.type == "Identity":
+        t = t.op.inputs[0]
+    return t.device
+
+
+def run_case(case: dict) -> tuple[list[np.ndarray], list[tf.Tensor], list[str]]:
+    rng = np.random.default_rng(case["seed"])
+    n, dtype = case["n"], case["dtype"]
+    devices = [cpu(i) for i in range(n)]
+    arrays = [random_values(rng, case["shape"], dtype) for _ in range(n)]
+    tensors = [make_tensor(a, dtype, d) for a, d in zip(arrays, devices)]
+    before = [t.numpy().tobytes() for t in tensors]
+    kwargs = dict(reduction=case["reduction"], worker_groups=case["groups"])
+    if case["graph"]:
+        function = tf.function(
+            lambda *xs: allreduce.all_reduce(list(xs), case["spec"], devices=devices, **kwargs),
+            autograph=False,
+        )
+        outputs = function(*tensors)
+        graph = function.get_concrete_function(*tensors).graph
+        placed = [placement(t) for t in graph.structured_outputs]
+    else:
+        outputs = allreduce.all_reduce(tensors, case["spec"], **kwargs)
+        placed = [t.device for t in outputs]
+    assert [t.numpy().tobytes() for t in tensors] == before  # inputs are not modified
+    return [to_float64(t) for t in tensors], outputs, placed
+
+
+def check_outputs(case: dict, inputs: list[np.ndarray], outputs: list[tf.Tensor], placed: list[str]) -> None:
+    n, dtype, mean = case["n"], case["dtype"], case["reduction"] == "mean"
+    assert len(outputs) == n
+    expected = exact_sum(inputs) / (n if mean else 1)
+    bound = tolerance(inputs, dtype, mean)
+    for i, out in enumerate(outputs):
+        assert out.dtype == dtype and tuple(out.shape) == tuple(case["shape"])
+        assert tf.DeviceSpec.from_string(placed[i]) == tf.DeviceSpec.from_string(cpu(i)), placed[i]
+        error = np.abs(to_float64(out) - expected)
+        assert np.all(error <= bound), f"device {i}: error {error.max()} > bound {bound.max()}"
+    reference = outputs[0].numpy().tobytes()
+    assert all(out.numpy().tobytes() == reference for out in outputs[1:])
+
+
+@pytest.mark.parametrize("alg", CPU_REDUCING)
+@given(data=st.data())
+def test_all_reduce_matches_numpy_sum(alg: str, data: st.DataObject) -> None:
+    case = data.draw(cases(alg))
+    check_outputs(case, *run_case(case))
+
+
+@given(cases())
+def test_hierarchical_all_reduce_matches_numpy_sum(case: dict) -> None:
+    check_outputs(case, *run_case(case))
+
+
+@given(st.integers(1, 8), shapes, st.booleans())
+def test_trivial_returns_each_input(n: int, shape: tuple, graph: bool) -> None:
+    rng = np.random.default_rng(n)
+    tensors = [make_tensor(random_values(rng, shape, tf.float32), tf.float32, cpu(i)) for i in range(n)]
+    if graph:
+        devices = [cpu(i) for i in range(n)]
+        outputs = tf.function(lambda *xs: allreduce.all_reduce(list(xs), "trivial", devices=devices))(
+            *tensors
+        )
+    else:
+        outputs = allreduce.all_reduce(tensors, "trivial")
+    for out, t in zip(outputs, tensors):
+        assert out.numpy().tobytes() == t.numpy().tobytes()
+
+
+@given(st.integers(0, 40), st.integers(0, 40))
+def test_spec_ranges_select_by_element_count(limit: int, size: int) -> None:
+    # "trivial" leaves its inputs alone, so it shows which range a tensor went to.
+    devices = [cpu(0), cpu(1)]
+    tensors = [make_tensor(np.full([size], i + 1.0), tf.float32, d) for i, d in enumerate(devices)]
+    out = allreduce.all_reduce(tensors, f"trivial:{limit}:xring")
+    expected = 1.0 if size <= limit else 3.0
+    assert np.all(out[0].numpy() == expected)
+
+
+@st.composite
+def batch_cases(draw: st.DrawFn) -> dict:
+    n = draw(st.integers(1, 6))
+    count = draw(st.integers(0, 10))
+    dtypes = draw(st.lists(st.sampled_from(ALL_TEST_DTYPES), min_size=count, max_size=count))
+    first = draw(st.sampled_from(CPU_REDUCING))
+    last = draw(st.sampled_from(CPU_REDUCING))
+    spec = draw(st.sampled_from([first, f"{first}:{draw(st.integers(0, 30))}:{last}"]))
+    return dict(
+        n=n,
+        shapes=draw(st.lists(shapes, min_size=count, max_size=count)),
+        dtypes=dtypes,
+        spec=spec,
+        mean=draw(st.booleans()) and not any(d.is_integer for d in dtypes),
+        pack_max_bytes=draw(st.sampled_from([0, 8, 64, 1024])),
+        pack_max_group=draw(st.integers(1, 5)),
+        graph=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+@given(batch_cases())
+def test_batch_all_reduce_matches_numpy_sum(case: dict) -> None:
+    rng = np.random.default_rng(case["seed"])
+    n = case["n"]
+    devices = [cpu(i) for i in range(n)]
+    arrays = [[random_values(rng, s, dt) for s, dt in zip(case["shapes"], case["dtypes"])] for _ in range(n)]
+    towers = [[make_tensor(a, dt, devices[d]) for a, dt in zip(arrays[d], case["dtypes"])] for d in range(n)]
+    kwargs = dict(
+        reduction="mean" if case["mean"] else "sum",
+        pack_max_bytes=case["pack_max_bytes"],
+        pack_max_group=case["pack_max_group"],
+    )
+    if case["graph"]:
+        function = tf.function(
+            lambda towers: allreduce.batch_all_reduce(towers, case["spec"], devices=devices, **kwargs),
+            autograph=False,
+        )
+        result = function(towers)
+        graph = function.get_concrete_function(towers).graph
+        placed = [[placement(t) for t in tower] for tower in graph.structured_outputs]
+    else:
+        result = allreduce.batch_all_reduce(towers, case["spec"], **kwargs)
+        placed = [[t.device for t in tower] for tower in result]
+    assert len(result) == n
+    for i, dtype in enumerate(case["dtypes"]):
+        column = {
+            "n": n,
+            "dtype": dtype,
+            "reduction": kwargs["reduction"],
+            "shape": case["shapes"][i],
+        }
+        inputs = [to_float64(towers[d][i]) for d in range(n)]
+        check_outputs(column, inputs, [result[d][i] for d in range(n)], [placed[d][i] for d in range(n)])
