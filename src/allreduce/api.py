@@ -15,7 +15,12 @@ from allreduce.packing import (
     validate_tower_grads,
 )
 from allreduce.registry import get_algorithm
-from allreduce.spec import AllReduceSpecTuple, parse_all_reduce_spec, select_spec_tuple
+from allreduce.spec import (
+    AllReduceSpecTuple,
+    format_all_reduce_spec,
+    parse_all_reduce_spec,
+    select_spec_tuple,
+)
 
 __all__ = ["REDUCTIONS", "SUPPORTED_DTYPES", "all_reduce", "batch_all_reduce"]
 
@@ -77,10 +82,18 @@ def _check_worker_groups(groups: WorkerGroups | None, n: int) -> tuple[tuple[int
 def _parse(spec: str | Sequence[AllReduceSpecTuple]) -> list[AllReduceSpecTuple]:
     if isinstance(spec, str):
         return parse_all_reduce_spec(spec)
-    items = [AllReduceSpecTuple(*t) for t in spec]
-    if not items:
-        raise ValueError("spec is an empty list of spec tuples")
-    return items
+    if not isinstance(spec, Sequence):
+        raise TypeError(f"spec must be a str or a list of AllReduceSpecTuple, got {type(spec).__name__}")
+    # Formatting validates the tuples with the parser's rules.
+    return parse_all_reduce_spec(format_all_reduce_spec(spec))
+
+
+def _check_packing_options(pack_max_bytes: int, pack_max_group: int) -> None:
+    for name, value, low in (("pack_max_bytes", pack_max_bytes, 0), ("pack_max_group", pack_max_group, 1)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < low:
+            raise ValueError(f"{name} must be at least {low}, got {value}")
 
 
 def _reduce_one(
@@ -226,6 +239,7 @@ def batch_all_reduce(
     if isinstance(tower_tensors, str) or not isinstance(tower_tensors, Sequence):
         raise TypeError("tower_tensors must be a list (devices) of lists (tensors)")
     validate_tower_grads([[(t, None) for t in tower] for tower in tower_tensors])
+    _check_packing_options(pack_max_bytes, pack_max_group)
     num_towers = len(tower_tensors)
     count = len(tower_tensors[0])
     if devices is not None:

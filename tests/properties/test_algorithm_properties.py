@@ -7,6 +7,8 @@ and is bitwise identical to the other outputs.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -39,7 +41,7 @@ def partitions(draw: st.DrawFn, n: int) -> list[list[int]]:
     order = draw(st.permutations(range(n)))
     cuts = sorted(draw(st.sets(st.integers(1, max(1, n - 1)), max_size=n - 1))) if n > 1 else []
     bounds = [0, *cuts, n]
-    return [sorted(order[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [sorted(order[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 @st.composite
@@ -53,6 +55,7 @@ def cases(draw: st.DrawFn, alg: str | None = None) -> dict:
     return dict(
         spec=alg if shards == 1 else f"{alg}#{shards}",
         n=n,
+        devices=[cpu(i) for i in range(n)],
         shape=draw(shapes),
         dtype=dtype,
         reduction=reduction,
@@ -72,8 +75,7 @@ def placement(t: tf.Tensor) -> str:
 
 def run_case(case: dict) -> tuple[list[np.ndarray], list[tf.Tensor], list[str]]:
     rng = np.random.default_rng(case["seed"])
-    n, dtype = case["n"], case["dtype"]
-    devices = [cpu(i) for i in range(n)]
+    n, dtype, devices = case["n"], case["dtype"], case["devices"]
     arrays = [random_values(rng, case["shape"], dtype) for _ in range(n)]
     tensors = [make_tensor(a, dtype, d) for a, d in zip(arrays, devices)]
     before = [t.numpy().tobytes() for t in tensors]
@@ -100,7 +102,9 @@ def check_outputs(case: dict, inputs: list[np.ndarray], outputs: list[tf.Tensor]
     bound = tolerance(inputs, dtype, mean)
     for i, out in enumerate(outputs):
         assert out.dtype == dtype and tuple(out.shape) == tuple(case["shape"])
-        assert tf.DeviceSpec.from_string(placed[i]) == tf.DeviceSpec.from_string(cpu(i)), placed[i]
+        assert tf.DeviceSpec.from_string(placed[i]) == tf.DeviceSpec.from_string(case["devices"][i]), placed[
+            i
+        ]
         error = np.abs(to_float64(out) - expected)
         assert np.all(error <= bound), f"device {i}: error {error.max()} > bound {bound.max()}"
     reference = outputs[0].numpy().tobytes()
@@ -192,6 +196,7 @@ def test_batch_all_reduce_matches_numpy_sum(case: dict) -> None:
     for i, dtype in enumerate(case["dtypes"]):
         column = {
             "n": n,
+            "devices": devices,
             "dtype": dtype,
             "reduction": kwargs["reduction"],
             "shape": case["shapes"][i],

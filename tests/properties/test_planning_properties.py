@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 from hypothesis import assume, given
@@ -155,5 +156,5 @@ def test_halving_doubling_plan_partitions_the_vector(n: int, length: int) -> Non
         owned = dict(enumerate(after))
     final = sorted(owned.values())
     assert final[0][0] == 0 and final[-1][1] == length
-    assert all(a[1] == b[0] for a, b in zip(final, final[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(final))
     assert all(m == set(range(n)) for m in members.values())
