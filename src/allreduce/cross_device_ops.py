@@ -1,0 +1,301 @@
+"""A ``tf.distribute.CrossDeviceOps`` whose reductions run the spec's algorithms.
+
+>>> ops = allreduce.SpecCrossDeviceOps("pscpu:64k:xring#2", pack_max_bytes=4096)  # doctest: +SKIP
+>>> strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=ops)     # doctest: +SKIP
+
+Under ``MirroredStrategy``, Keras ``fit`` and ``ReplicaContext.all_reduce`` reach
+:meth:`SpecCrossDeviceOps.batch_reduce`, which runs :func:`allreduce.batch_all_reduce`.
+TensorFlow itself routes three things elsewhere before they get here: int32 values,
+``strategy.reduce``/``reduce_to`` whose destination is a CPU or differs from the
+value's devices (both go to ``ReductionToOneDevice``), and everything under XLA on GPUs
+(``CollectiveAllReduce``).
+
+The protocol passes and returns TensorFlow's distributed value types (``PerReplica``,
+``Mirrored``), which exist only in ``tensorflow.python.distribute``; this module is the
+one place that imports them, and only to read devices and wrap results.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+# Private but required: the protocol's own helpers and value types (see module docstring).
+from tensorflow.python.distribute import cross_device_ops as _tf_cross_device_ops
+from tensorflow.python.distribute import device_util as _device_util
+from tensorflow.python.distribute import distribute_utils as _distribute_utils
+from tensorflow.python.distribute import values as _values
+
+from allreduce import api as _api
+from allreduce._tf import tf
+from allreduce.algorithms.base import broadcast as _copies
+from allreduce.spec import parse_all_reduce_spec
+
+__all__ = ["SpecCrossDeviceOps"]
+
+logger = logging.getLogger(__name__)
+
+_REDUCTIONS = {tf.distribute.ReduceOp.SUM: "sum", tf.distribute.ReduceOp.MEAN: "mean"}
+
+
+def _devices_of(value_or_destinations: Any) -> tuple[str, ...]:
+    """Canonical device names of a distributed value, variable, tensor or device string."""
+    names = _tf_cross_device_ops.get_devices_from(value_or_destinations)
+    return tuple(_device_util.canonicalize(d) for d in names)
+
+
+def _mirrored(values: Sequence[Any]) -> Any:
+    """One result per destination device, wrapped as TensorFlow's own ops wrap them."""
+    return _distribute_utils.regroup(list(values), wrap_class=_values.Mirrored)
+
+
+def _label(value: Any) -> str:
+    """A name for error messages: the graph tensor's name where there is one."""
+    try:
+        return value.name
+    except (AttributeError, ValueError):  # eager tensors have no name
+        return "an eager tensor"
+
+
+class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
+    """Cross-device reductions for ``tf.distribute.MirroredStrategy``, driven by a spec.
+
+    Dense values are all-reduced with :func:`allreduce.batch_all_reduce` (``spec``,
+    packing); the results on all devices are bitwise identical. ``tf.IndexedSlices``
+    (e.g. ``Embedding`` gradients) are gathered: each destination receives the
+    concatenated values and indices of all replicas, which is their sum as
+    IndexedSlices (values divided by the replica count for MEAN). A sparse value whose
+    dense shape has at most ``densify_max_elements`` elements is densified instead and
+    all-reduced like a dense one (the result is then a dense tensor).
+
+    A destination other than the value's own devices (``batch_reduce_to(v, "/cpu:0")``)
+    is served by all-reducing over the value's devices with ``spec`` and copying the
+    result to each destination device. Values the algorithms cannot take (a dtype such
+    as ``bool`` or ``complex64``, an integer MEAN, a shape that is not fully defined or
+    differs between replicas) go to ``tf.distribute.ReductionToOneDevice``, with a
+    logged warning naming the reason.
+    """
+
+    def __init__(
+        self,
+        spec: str = "xring",
+        *,
+        pack_max_bytes: int = 0,
+        pack_max_group: int = 10,
+        densify_max_elements: int = 0,
+        check_finite: bool = False,
+        timeout_s: float = 0.0,
+    ) -> None:
+        """
+        Args:
+            spec: the spec string (``"xring"``, ``"pscpu:64k:xring#2"``).
+            pack_max_bytes, pack_max_group: packing of small dense tensors, as in
+                :func:`allreduce.batch_all_reduce` (0 bytes: no packing).
+            densify_max_elements: sparse values whose dense shape holds at most this
+                many elements are densified and all-reduced with ``spec``; larger ones
+                (and all, with the default 0) are gathered as IndexedSlices.
+            check_finite: check every reduced floating value on every device; a NaN
+                or Inf raises ``tf.errors.InvalidArgumentError`` when the step runs,
+                with a message naming the value (its index in the batch, its graph
+                tensor name, shape and dtype).
+            timeout_s: for the ``collective`` algorithm, the most seconds to wait.
+
+        Raises:
+            TypeError: ``spec`` is not a string, or an option has the wrong type.
+            ValueError: a malformed spec, or a negative or zero option value.
+        """
+        super().__init__()
+        if not isinstance(spec, str):
+            raise TypeError(f"spec must be a spec string such as 'xring', got {type(spec).__name__}")
+        parse_all_reduce_spec(spec)  # raises ValueError now rather than at the first step
+        for name, value, low in (
+            ("pack_max_bytes", pack_max_bytes, 0),
+            ("pack_max_group", pack_max_group, 1),
+            ("densify_max_elements", densify_max_elements, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
+            if value < low:
+                raise ValueError(f"{name} must be at least {low}, got {value}")
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s < 0:
+            raise ValueError(f"timeout_s must be a non-negative number, got {timeout_s!r}")
+        self.spec = spec
+        self.pack_max_bytes = pack_max_bytes
+        self.pack_max_group = pack_max_group
+        self.densify_max_elements = densify_max_elements
+        self.check_finite = check_finite
+        self.timeout_s = float(timeout_s)
+        self._fallback = tf.distribute.ReductionToOneDevice()
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return (
+            f"SpecCrossDeviceOps(spec={self.spec!r}, pack_max_bytes={self.pack_max_bytes}, "
+            f"pack_max_group={self.pack_max_group}, densify_max_elements={self.densify_max_elements}, "
+            f"check_finite={self.check_finite})"
+        )
+
+    # -- the CrossDeviceOps protocol ------------------------------------------------------
+
+    def reduce_implementation(
+        self, reduce_op: Any, per_replica_value: Any, destinations: Any, options: Any
+    ) -> Any:
+        """Reduces one distributed value to ``destinations`` (see the class docstring)."""
+        return self.batch_reduce_implementation(reduce_op, [(per_replica_value, destinations)], options)[0]
+
+    def batch_reduce_implementation(
+        self, reduce_op: Any, value_destination_pairs: Sequence[tuple[Any, Any]], options: Any
+    ) -> list[Any]:
+        """Reduces each ``(value, destinations)`` pair; dense values of the same devices
+        share one :func:`allreduce.batch_all_reduce` (``options`` is not used: packing
+        and timeouts come from the constructor)."""
+        del options
+        reduction = _REDUCTIONS.get(reduce_op)
+        if reduction is None:
+            raise ValueError(f"reduce_op must be tf.distribute.ReduceOp.SUM or MEAN, got {reduce_op!r}")
+        pairs = [(value, _devices_of(value), _devices_of(dest)) for value, dest in value_destination_pairs]
+        results: list[Any] = [None] * len(pairs)
+        dense: dict[tuple[str, ...], list[tuple[int, list[Any]]]] = {}
+        for i, (value, sources, targets) in enumerate(pairs):
+            parts = list(value.values)
+            if all(isinstance(p, tf.IndexedSlices) for p in parts):
+                if not self._densify(parts):
+                    results[i] = self._gather_sparse(parts, targets, reduction, i)
+                    continue
+                parts = [tf.convert_to_tensor(p) for p in parts]
+            elif any(isinstance(p, tf.IndexedSlices) for p in parts):
+                parts = [tf.convert_to_tensor(p) for p in parts]
+            problem = self._dense_problem(parts, reduction)
+            if problem is not None:
+                self._warn(problem)
+                results[i] = self._fallback.reduce(reduce_op, value, value_destination_pairs[i][1])
+                continue
+            dense.setdefault(sources, []).append((i, parts))
+        for sources, members in dense.items():
+            towers = [[parts[d] for _, parts in members] for d in range(len(sources))]
+            logger.debug(
+                "batch all-reduce of %d values over %d devices with %r", len(members), len(sources), self.spec
+            )
+            reduced = _api.batch_all_reduce(
+                towers,
+                self.spec,
+                reduction=reduction,
+                pack_max_bytes=self.pack_max_bytes,
+                pack_max_group=self.pack_max_group,
+                devices=list(sources),
+                timeout_s=self.timeout_s,
+            )
+            for j, (i, parts) in enumerate(members):
+                per_device = [reduced[d][j] for d in range(len(sources))]
+                results[i] = self._place(per_device, sources, pairs[i][2], i, parts[0])
+        return results
+
+    def broadcast_implementation(self, tensor: Any, destinations: Any) -> Any:
+        """Copies ``tensor`` to every destination device (a ``Mirrored`` value)."""
+        targets = _devices_of(destinations)
+        if isinstance(tensor, tf.IndexedSlices):
+            copies = [self._copy_slices(tensor, d) for d in targets]
+        else:
+            copies = _copies(tensor, targets)
+        return _distribute_utils.regroup(copies, wrap_class=_values.Mirrored, always_wrap=True)
+
+    def _gather_implementation(
+        self, per_replica_value: Any, destinations: Any, axis: int, options: Any
+    ) -> Any:
+        """Concatenates the replicas' values along ``axis`` on each destination device."""
+        del options
+        parts = list(per_replica_value.values)
+        targets = _devices_of(destinations)
+        with tf.device(targets[0]):
+            gathered = tf.concat(parts, axis=axis)
+        return _mirrored([gathered, *_copies(gathered, targets[1:])])
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _densify(self, parts: Sequence[tf.IndexedSlices]) -> bool:
+        if self.densify_max_elements == 0 or parts[0].dense_shape is None:
+            return False
+        shape = tf.get_static_value(parts[0].dense_shape)
+        if shape is None:
+            return False
+        elements = 1
+        for dim in shape:
+            elements *= int(dim)
+        return elements <= self.densify_max_elements
+
+    @staticmethod
+    def _dense_problem(parts: Sequence[Any], reduction: str) -> str | None:
+        """Why the algorithms cannot reduce these per-replica tensors, or ``None``."""
+        first = parts[0]
+        if first.dtype not in _api.SUPPORTED_DTYPES:
+            return f"dtype {first.dtype.name} is not one the algorithms reduce"
+        if reduction == "mean" and first.dtype.is_integer:
+            return f"a MEAN of {first.dtype.name} values"
+        if not first.shape.is_fully_defined():
+            return f"shape {first.shape} is not fully defined"
+        if any(p.shape != first.shape or p.dtype != first.dtype for p in parts):
+            return "replicas hold values of different shapes or dtypes"
+        return None
+
+    def _warn(self, problem: str) -> None:
+        if problem not in self._warned:
+            self._warned.add(problem)
+            logger.warning("SpecCrossDeviceOps: %s; reducing it with ReductionToOneDevice instead", problem)
+
+    def _check(self, value: Any, index: int, source: Any) -> Any:
+        if not self.check_finite or not value.dtype.is_floating:
+            return value
+        message = (
+            f"SpecCrossDeviceOps(spec={self.spec!r}): reduced value {index} "
+            f"(from {_label(source)}, shape {value.shape}, {value.dtype.name}) holds NaN or Inf"
+        )
+        return tf.debugging.check_numerics(value, message)
+
+    def _place(
+        self,
+        per_device: Sequence[tf.Tensor],
+        sources: Sequence[str],
+        targets: Sequence[str],
+        index: int,
+        source: Any,
+    ) -> Any:
+        """The all-reduced ``per_device`` results, one per target device."""
+        out = []
+        for target in targets:
+            if target in sources:
+                value = per_device[sources.index(target)]
+            else:
+                with tf.device(target):
+                    value = tf.identity(per_device[0])
+            with tf.device(target):
+                out.append(self._check(value, index, source))
+        return _mirrored(out)
+
+    @staticmethod
+    def _copy_slices(value: tf.IndexedSlices, device: str) -> tf.IndexedSlices:
+        with tf.device(device):
+            return tf.IndexedSlices(
+                tf.identity(value.values),
+                tf.identity(value.indices),
+                None if value.dense_shape is None else tf.identity(value.dense_shape),
+            )
+
+    def _gather_sparse(
+        self, parts: Sequence[tf.IndexedSlices], targets: Sequence[str], reduction: str, index: int
+    ) -> Any:
+        """The sum of IndexedSlices without densifying: every replica's rows, concatenated."""
+        index_dtype = tf.int64 if any(p.indices.dtype == tf.int64 for p in parts) else parts[0].indices.dtype
+        out = []
+        for target in targets:
+            with tf.device(target):
+                values = tf.concat([p.values for p in parts], axis=0)
+                indices = tf.concat([tf.cast(p.indices, index_dtype) for p in parts], axis=0)
+                if reduction == "mean" and len(parts) > 1:
+                    values = tf.math.truediv(values, tf.constant(len(parts), dtype=values.dtype))
+                values = self._check(values, index, parts[0].values)
+                dense_shape = None if parts[0].dense_shape is None else tf.identity(parts[0].dense_shape)
+                out.append(tf.IndexedSlices(values, indices, dense_shape))
+        return _mirrored(out)
