@@ -18,6 +18,7 @@ from allreduce.compat import (
     sum_grad_and_var_all_reduce,
     sum_gradients_all_reduce,
 )
+from allreduce.cross_device_ops import SpecCrossDeviceOps
 from allreduce.devices import build_all_reduce_device_prefixes, group_device_names
 from allreduce.packing import (
     GradPackTuple,
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AllReduceSpecTuple",
     "GradPackTuple",
+    "SpecCrossDeviceOps",
     "aggregate_gradients_using_copy_with_device_selection",
     "aggregate_single_gradient",
     "algorithm_names",
