@@ -1,0 +1,149 @@
+"""Who takes part in a benchmark: the library's specs, each behind the same small interface.
+
+A contender knows whether it applies to a case (:meth:`Contender.skip_reason`) and how
+to build one step (:meth:`Contender.prepare`): a callable that all-reduces the inputs
+once and returns ``outputs[d][t]``, tensor ``t`` on device ``d``. The driver times and
+checks every contender the same way and never names an algorithm; which specs exist and
+where they run comes from :mod:`allreduce.registry`. Peers (numpy, ``tf.distribute``,
+TensorFlow's own builders) live in :mod:`allreduce.bench.peers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from allreduce.bench.cases import Case
+from allreduce.registry import get_algorithm
+from allreduce.spec import parse_all_reduce_spec
+
+__all__ = ["FLOOR", "OURS", "PEER", "Contender", "Inputs", "Setup", "SpecContender", "default_specs"]
+
+OURS = "ours"
+PEER = "peer"
+FLOOR = "floor"
+
+Step = Callable[[], Sequence[Sequence[Any]]]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Where a benchmark runs.
+
+    Attributes:
+        devices: the full device names, one input per device.
+        device_type: ``"CPU"`` or ``"GPU"``.
+        workers: the number of worker processes the devices span (1: this process).
+        pack_max_bytes: ``batch_all_reduce`` packing: largest tensor packed (0: none).
+        pack_max_group: ``batch_all_reduce`` packing: most tensors per pack.
+    """
+
+    devices: tuple[str, ...]
+    device_type: str
+    workers: int = 1
+    pack_max_bytes: int = 0
+    pack_max_group: int = 10
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+
+@dataclass
+class Inputs:
+    """One case's inputs: ``host[d][t]`` numpy arrays and ``tensors[d][t]`` on ``devices[d]``."""
+
+    case: Case
+    devices: tuple[str, ...]
+    host: list[list[np.ndarray]]
+    tensors: list[list[Any]] = field(default_factory=list)
+
+
+class Contender:
+    """A row of the table: something that all-reduces a case's inputs.
+
+    Attributes:
+        name: the row label.
+        kind: :data:`OURS`, :data:`PEER` or :data:`FLOOR` (a bound that does not all-reduce).
+        spec: the spec string for the library's own rows, else ``None``.
+        same_as: for a peer, the spec of ours that runs the same algorithm.
+    """
+
+    name: str = ""
+    kind: str = PEER
+    spec: str | None = None
+    same_as: str | None = None
+
+    def skip_reason(self, case: Case, setup: Setup) -> str | None:
+        """Why this contender does not run on ``case`` here, or ``None``."""
+        return None
+
+    def prepare(self, inputs: Inputs, setup: Setup) -> Step:
+        """A callable that all-reduces ``inputs`` once (it may trace on first call)."""
+        raise NotImplementedError
+
+
+class SpecContender(Contender):
+    """One spec of the library: ``all_reduce`` for one tensor, ``batch_all_reduce`` for many,
+    each step a ``tf.function`` that is traced once."""
+
+    kind = OURS
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.name = spec
+        self._algorithms = [get_algorithm(t.alg) for t in parse_all_reduce_spec(spec)]
+
+    @property
+    def reduces(self) -> bool:
+        """Whether every algorithm of the spec really all-reduces (not the baseline)."""
+        return all(info.reduces for info in self._algorithms)
+
+    def skip_reason(self, case: Case, setup: Setup) -> str | None:
+        for info in self._algorithms:
+            if setup.device_type not in info.device_types:
+                return f"{info.name} runs on {'/'.join(sorted(info.device_types))} only"
+        return None
+
+    def prepare(self, inputs: Inputs, setup: Setup) -> Step:
+        from allreduce._tf import tf
+        from allreduce.api import all_reduce, batch_all_reduce
+
+        spec, devices, towers = self.spec, list(inputs.devices), inputs.tensors
+        if not inputs.case.is_batch:
+            values = [tower[0] for tower in towers]
+
+            def step() -> list[list[Any]]:
+                return [[out] for out in all_reduce(values, spec, devices=devices)]
+
+        else:
+
+            def step() -> list[list[Any]]:
+                return batch_all_reduce(
+                    towers,
+                    spec,
+                    pack_max_bytes=setup.pack_max_bytes,
+                    pack_max_group=setup.pack_max_group,
+                    devices=devices,
+                )
+
+        return tf.function(step, autograph=False)
+
+
+def default_specs(device_type: str, num_devices: int) -> list[str]:
+    """Every registered algorithm that all-reduces on ``device_type``, the documented
+    hierarchical pairs among them, and ``#2`` of each flat one that takes a shard count."""
+    from allreduce.registry import algorithm_names
+
+    specs = []
+    for name in algorithm_names(hierarchical=True):
+        info = get_algorithm(name)
+        if device_type not in info.device_types or not info.reduces:
+            continue
+        specs.append(name)
+        if info.takes_shards and not info.is_hierarchical and num_devices >= 2:
+            specs.append(f"{name}#2")
+    return specs
