@@ -168,7 +168,8 @@ def _local_devices(count: int, device_type: str) -> list[str]:
     elif len(physical) == 1 and count > 1:
         memory = int(os.environ.get("ALLREDUCE_BENCH_GPU_MEMORY_MB", "4096"))
         configs = [tf.config.LogicalDeviceConfiguration(memory_limit=memory)] * count
-    if configs is not None:
+    # An existing split (e.g. a test session's) is kept: changing it would break its users.
+    if configs is not None and tf.config.get_logical_device_configuration(physical[0]) is None:
         try:
             tf.config.set_logical_device_configuration(physical[0], configs)
         except RuntimeError:

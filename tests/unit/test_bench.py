@@ -1,0 +1,216 @@
+"""allreduce-bench: a smoke run of the command, its verification, and its pure helpers.
+
+The test session already split the CPU into 8 logical devices, so the command runs
+in-process and uses the first ones (it keeps an existing split).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from allreduce.bench import cases
+from allreduce.bench.cli import main
+from allreduce.bench.contenders import default_specs
+from allreduce.bench.driver import count_wrong
+from allreduce.registry import algorithm_names, get_algorithm
+from tests.oracle import exact_sum
+
+TINY_RUN = ["--quick", "--max-bytes", "4096", "--iters", "2", "--warmup", "0", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_allocator_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # main() sets TF_CPU_ALLOCATOR_USE_BFC for the runtime it would start; keep it local.
+    monkeypatch.setenv("TF_CPU_ALLOCATOR_USE_BFC", os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "false"))
+
+
+def _rows(out: str) -> list[list[str]]:
+    return [line.split() for line in out.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_quick_run_prints_exact_rows_for_every_spec_and_peer(tmp_path, capsys):
+    report, picture = tmp_path / "r.json", tmp_path / "r.png"
+    status = main([*TINY_RUN, "--json", str(report), "--plot", str(picture)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    rows = _rows(out)
+    specs = default_specs("CPU", 4)
+    names = {row[3] for row in rows}
+    assert set(specs) <= names
+    assert {"numpy", "tf:ReductionToOneDevice", "tf:collective", "tf-v1:ring"} <= names
+    timed = [row for row in rows if row[4] != "skipped:"]
+    for size, count, dtype, _name, time_us, algbw, busbw, wrong, *_ in timed:
+        assert dtype == "float32" and int(size) == 4 * int(count)
+        assert float(time_us) > 0 and float(busbw) == pytest.approx(float(algbw) * 1.5, rel=2e-3, abs=2e-3)
+        assert wrong == "0"
+    assert {int(row[0]) for row in rows} == {1024, 4096}
+    assert "Fastest per size" in out and "#wrong 0" in out
+
+    document = json.loads(report.read_text())
+    assert document["ok"] is True
+    assert document["options"]["iters"] == 2 and document["versions"]["tensorflow"]
+    assert len(document["devices"]) == 4
+    ran = [r for r in document["results"] if r["skipped"] is None]
+    assert {r["name"] for r in ran} >= set(specs)
+    for r in ran:
+        assert r["wrong"] == 0 and r["replica_mismatch"] == 0 and r["error"] is None
+        assert len(r["samples_us"]) == 2
+        assert r["time_us"] == pytest.approx(float(np.median(r["samples_us"])))
+    ours = [r for r in ran if r["kind"] == "ours"]
+    assert all(r["vs_best_peer"] > 0 for r in ours)
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_spec_that_does_not_reduce_counts_wrong_elements_and_fails(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    status = main(
+        ["--specs", "trivial", "--no-peers", *TINY_RUN, "--max-bytes", "1024", "--json", str(report)]
+    )
+    out = capsys.readouterr().out
+    assert status == 1
+    (row,) = _rows(out)
+    # Each device returns its own input: every element differs from the 4-device sum
+    # wherever that input is not the whole sum.
+    inputs = [cases.input_pattern(256, d).astype(np.float64) for d in range(4)]
+    total = exact_sum(inputs)
+    want_wrong = sum(int(np.count_nonzero(x != total)) for x in inputs)
+    (result,) = json.loads(report.read_text())["results"]
+    assert result["wrong"] == want_wrong > 0
+    assert result["replica_mismatch"] > 0
+    assert int(row[7]) == want_wrong + result["replica_mismatch"]
+    assert "FAILED" in out
+
+
+def test_many_small_workload_reduces_a_batch_with_packing(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    argv = ["--workload", "many-small", "--small-tensors", "12", "--small-elements", "10"]
+    status = main(
+        [*argv, "--specs", "xring,pscpu#2", "--iters", "1", "--warmup", "0", "--no-progress"]
+        + [
+            "--pack-max-group",
+            "5",
+            "--json",
+            str(report),
+        ]
+    )
+    assert status == 0, capsys.readouterr().out
+    document = json.loads(report.read_text())
+    assert document["options"]["pack_max_bytes"] == 64 << 10
+    ours = {r["name"]: r for r in document["results"] if r["kind"] == "ours"}
+    assert set(ours) == {"xring", "pscpu#2"}
+    assert all(r["count"] == 120 and r["tensors"] == 12 and r["wrong"] == 0 for r in ours.values())
+    peers = {r["name"]: r for r in document["results"] if r["kind"] == "peer"}
+    assert peers["tf:HierarchicalCopy"]["wrong"] == 0
+    assert peers["tf-v1:ring"]["skipped"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--factor", "1"],
+        ["--min-bytes", "2M", "--max-bytes", "1M"],
+        ["--specs", "nosuchalg"],
+        ["--specs", ","],
+        ["--dtype", "bfloat16", "--devices", "22"],
+        ["--iters", "0"],
+    ],
+)
+def test_bad_options_exit_with_status_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_too_many_devices_for_this_runtime_is_an_error(capsys):
+    assert main(["--devices", "64", *TINY_RUN]) == 2
+    assert "64" in capsys.readouterr().err
+
+
+def test_default_specs_come_from_the_registry():
+    specs = default_specs("CPU", 4)
+    for spec in specs:
+        info = get_algorithm(spec.partition("#")[0])
+        assert "CPU" in info.device_types and info.reduces
+    flat = [
+        n for n in algorithm_names() if "CPU" in get_algorithm(n).device_types and get_algorithm(n).reduces
+    ]
+    assert set(flat) <= set(specs)
+    assert "trivial" not in specs and "pscpu/pscpu" in specs and "xring#2" in specs
+    assert not any(s.endswith("#2") for s in default_specs("CPU", 1))
+
+
+def test_sweep_sizes_step_by_the_factor_and_end_at_the_maximum():
+    assert cases.sweep_sizes(1024, 16 << 20, 16) == [1024, 16 << 10, 256 << 10, 4 << 20, 16 << 20]
+    assert cases.sweep_sizes(1, 8, 2) == [1, 2, 4, 8]
+    made = cases.sweep_cases(2, 64, 4, "float32")
+    assert [c.nbytes for c in made] == [8, 32, 64]
+    assert [c.name for c in made] == ["8B", "32B", "64B"]
+    with pytest.raises(ValueError, match="factor"):
+        cases.sweep_sizes(1, 8, 1)
+    with pytest.raises(ValueError, match="exceeds"):
+        cases.sweep_sizes(8, 1, 2)
+    with pytest.raises(ValueError, match="dtype"):
+        cases.sweep_cases(1, 8, 2, "complex64")
+
+
+@pytest.mark.parametrize("dtype", sorted(cases.DTYPE_SIZES))
+def test_expected_sum_is_exact_in_every_dtype_up_to_its_device_limit(dtype):
+    import tensorflow as tf
+
+    n = min(cases.max_exact_devices(dtype), 40)
+    np_dtype = tf.as_dtype(dtype).as_numpy_dtype
+    inputs = [cases.input_pattern(50, d, tensor=2).astype(np_dtype) for d in range(n)]
+    oracle = exact_sum([x.astype(np.float64) for x in inputs])
+    expected = cases.expected_sum(50, n, tensor=2)
+    np.testing.assert_array_equal(expected.astype(np.float64), oracle)
+    np.testing.assert_array_equal(expected.astype(np_dtype).astype(np.float64), oracle)
+
+
+def test_count_wrong_sees_one_wrong_element_and_one_differing_bit():
+    case = cases.Case("t", ((2, 3),), "float32")
+    want = np.arange(6, dtype=np.float32)
+    good = want.reshape(2, 3)
+    assert count_wrong([[good], [good.copy()]], [want], case) == (0, 0)
+    bad = good.copy()
+    bad[1, 2] = 99
+    assert count_wrong([[good], [bad]], [want], case) == (1, 1)
+    signed = good.copy()
+    signed[0, 0] = -0.0  # equal to the expected 0.0, but not bitwise identical
+    assert count_wrong([[good], [signed]], [want], case) == (0, 1)
+    nan = good.copy()
+    nan[0, 1] = np.nan
+    assert count_wrong([[nan]], [want], case)[0] == 1
+    assert count_wrong([[good.reshape(-1)]], [want], case) == (6, 0)
+    assert count_wrong([[]], [want], case) == (6, 0)
+
+
+def test_workers_without_a_cluster_module_is_a_clear_error(capsys):
+    if importlib.util.find_spec("allreduce.cluster") is not None:
+        pytest.skip("allreduce.cluster exists: covered by the multi-worker run")
+    assert main(["--workers", "2", "--devices", "2", *TINY_RUN]) == 2
+    assert "allreduce.cluster" in capsys.readouterr().err
+
+
+@pytest.mark.multiworker
+@pytest.mark.slow
+def test_workers_run_across_a_local_cluster(tmp_path):
+    if importlib.util.find_spec("allreduce.cluster") is None:
+        pytest.skip("allreduce.cluster is not available")
+    report = tmp_path / "r.json"
+    # A process that joins a cluster cannot leave it: run the command in its own process.
+    argv = ["--workers", "2", "--devices", "2", *TINY_RUN, "--no-peers", "--json", str(report)]
+    done = subprocess.run(
+        [sys.executable, "-m", "allreduce.bench", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(report.read_text())
+    assert document["ok"] and len(document["devices"]) == 4
+    assert {"/job:worker" in d for d in document["devices"]} == {True}
