@@ -70,9 +70,8 @@ def test_quick_run_prints_exact_rows_for_every_spec_and_peer(tmp_path, capsys):
 
 def test_a_spec_that_does_not_reduce_counts_wrong_elements_and_fails(tmp_path, capsys):
     report = tmp_path / "r.json"
-    status = main(
-        ["--specs", "trivial", "--no-peers", *TINY_RUN, "--max-bytes", "1024", "--json", str(report)]
-    )
+    argv = ["--specs", "trivial", "--no-peers", *TINY_RUN, "--max-bytes", "1024"]
+    status = main([*argv, "--json", str(report)])
     out = capsys.readouterr().out
     assert status == 1
     (row,) = _rows(out)
@@ -91,15 +90,8 @@ def test_a_spec_that_does_not_reduce_counts_wrong_elements_and_fails(tmp_path, c
 def test_many_small_workload_reduces_a_batch_with_packing(tmp_path, capsys):
     report = tmp_path / "r.json"
     argv = ["--workload", "many-small", "--small-tensors", "12", "--small-elements", "10"]
-    status = main(
-        [*argv, "--specs", "xring,pscpu#2", "--iters", "1", "--warmup", "0", "--no-progress"]
-        + [
-            "--pack-max-group",
-            "5",
-            "--json",
-            str(report),
-        ]
-    )
+    argv += ["--specs", "xring,pscpu#2", "--iters", "1", "--warmup", "0", "--no-progress"]
+    status = main([*argv, "--pack-max-group", "5", "--json", str(report)])
     assert status == 0, capsys.readouterr().out
     document = json.loads(report.read_text())
     assert document["options"]["pack_max_bytes"] == 64 << 10
