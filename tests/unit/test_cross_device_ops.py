@@ -295,6 +295,12 @@ def test_broadcast_and_gather(strategy) -> None:
     assert [v.values.device for v in sparse_copies.values] == DEVICES
     assert strategy.gather(value, axis=0).numpy().tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
 
+    def replica_fn():
+        ctx = tf.distribute.get_replica_context()
+        return ctx.all_gather(tf.fill([1], tf.cast(ctx.replica_id_in_sync_group, tf.float32)), axis=0)
+
+    assert all(v.numpy().tolist() == [0, 1, 2, 3] for v in strategy.run(replica_fn).values)
+
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
