@@ -72,9 +72,9 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
     A destination other than the value's own devices (``batch_reduce_to(v, "/cpu:0")``)
     is served by all-reducing over the value's devices with ``spec`` and copying the
     result to each destination device. Values the algorithms cannot take (a dtype such
-    as ``bool`` or ``complex64``, an integer MEAN, a shape that is not fully defined or
-    differs between replicas) go to ``tf.distribute.ReductionToOneDevice``, with a
-    logged warning naming the reason.
+    as ``bool`` or ``complex64``, an integer MEAN, a shape that is not fully defined) go
+    to ``tf.distribute.ReductionToOneDevice``, with a logged warning naming the reason.
+    Replicas whose values differ in shape or dtype raise ``ValueError``.
     """
 
     def __init__(
@@ -228,16 +228,21 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
 
     @staticmethod
     def _dense_problem(parts: Sequence[Any], reduction: str) -> str | None:
-        """Why the algorithms cannot reduce these per-replica tensors, or ``None``."""
+        """Why the algorithms cannot reduce these per-replica tensors, or ``None``.
+
+        Raises:
+            ValueError: the replicas' values differ in dtype or shape.
+        """
         first = parts[0]
         if first.dtype not in _api.SUPPORTED_DTYPES:
             return f"dtype {first.dtype.name} is not one the algorithms reduce"
         if reduction == "mean" and first.dtype.is_integer:
             return f"a MEAN of {first.dtype.name} values"
-        if not first.shape.is_fully_defined():
+        if any(p.dtype != first.dtype or not p.shape.is_compatible_with(first.shape) for p in parts):
+            found = ", ".join(f"{p.dtype.name}{p.shape}" for p in parts)
+            raise ValueError(f"replicas hold values of different shapes or dtypes: {found}")
+        if not all(p.shape.is_fully_defined() for p in parts):
             return f"shape {first.shape} is not fully defined"
-        if any(p.shape != first.shape or p.dtype != first.dtype for p in parts):
-            return "replicas hold values of different shapes or dtypes"
         return None
 
     def _warn(self, problem: str) -> None:

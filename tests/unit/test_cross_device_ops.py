@@ -247,6 +247,59 @@ def test_unsupported_dtype_falls_back_with_a_warning(strategy, caplog) -> None:
     assert_same_results(ours, tf.distribute.ReductionToOneDevice().reduce(SUM, value, destinations=value))
 
 
+def test_unknown_shapes_fall_back_and_mismatched_replicas_are_rejected(strategy, caplog) -> None:
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def reduce_unknown(x):
+        value = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.identity(x * tf.cast(ctx.replica_id_in_sync_group + 1, tf.float32))
+        )
+        return SpecCrossDeviceOps().reduce(SUM, value, destinations=DEVICES[0])
+
+    with caplog.at_level(logging.WARNING, logger="allreduce.cross_device_ops"):
+        assert reduce_unknown(tf.constant([1.0, 2.0])).numpy().tolist() == [10.0, 20.0]
+    assert "not fully defined" in caplog.text
+
+    mismatched = per_replica(strategy, [np.ones(r + 1, np.float32) for r in range(NUM_REPLICAS)])
+    with pytest.raises(ValueError, match=r"different shapes or dtypes: float32\(1,\), float32\(2,\)"):
+        SpecCrossDeviceOps().reduce(SUM, mismatched, destinations=mismatched)
+
+
+def test_mixed_dense_and_sparse_replicas_are_densified(strategy) -> None:
+    def make(ctx):
+        r = ctx.replica_id_in_sync_group
+        with tf.device(strategy.extended.worker_devices[r]):
+            if r % 2:
+                return tf.IndexedSlices(tf.fill([1, 1], float(r)), tf.fill([1], r), tf.constant([4, 1]))
+            return tf.identity(tf.fill([4, 1], float(r)))
+
+    value = strategy.experimental_distribute_values_from_function(make)
+    ours = SpecCrossDeviceOps().reduce(SUM, value, destinations=value)
+    got = results_by_device(ours)
+    assert sorted(got) == DEVICES
+    for device in DEVICES:
+        assert got[device].ravel().tolist() == [2.0, 3.0, 2.0, 5.0], device
+
+
+def test_sparse_dense_shape_known_only_at_run_time_is_gathered(strategy, monkeypatch) -> None:
+    calls = []
+    real = allreduce.api.batch_all_reduce
+    monkeypatch.setattr(allreduce.api, "batch_all_reduce", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    @tf.function(input_signature=[tf.TensorSpec([2], tf.int64)])
+    def reduce(dense_shape):
+        def make(ctx):
+            r = ctx.replica_id_in_sync_group
+            with tf.device(strategy.extended.worker_devices[r]):
+                return tf.IndexedSlices(tf.fill([1, 2], 1.0), tf.fill([1], tf.cast(r, tf.int64)), dense_shape)
+
+        value = strategy.experimental_distribute_values_from_function(make)
+        ops = SpecCrossDeviceOps(densify_max_elements=1000)
+        return tf.convert_to_tensor(ops.reduce(MEAN, value, destinations=DEVICES[0]))
+
+    assert reduce(tf.constant([5, 2], tf.int64)).numpy().tolist() == [[0.25, 0.25]] * 4 + [[0.0, 0.0]]
+    assert calls == []
+
+
 def test_check_finite_raises_naming_the_value(strategy) -> None:
     strategy_checked = tf.distribute.MirroredStrategy(
         DEVICES, cross_device_ops=SpecCrossDeviceOps("xring", check_finite=True)
