@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from allreduce._tf import tf
-from allreduce.registry import AlgorithmInfo
+from allreduce.devices import DeviceName, parse_device_name
+from allreduce.registry import CPU, AlgorithmInfo
 
-__all__ = ["BuildContext", "broadcast", "reduce_to_one", "run_all_reduce", "split_on"]
+__all__ = ["BuildContext", "broadcast", "reduce_to_one", "run_all_reduce", "split_on", "sum_on"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +90,36 @@ def concat_on(pieces: Sequence[tf.Tensor], device: str) -> tf.Tensor:
         if len(pieces) == 1:
             return tf.identity(pieces[0])
         return tf.concat(list(pieces), axis=0)
+
+
+def sum_on(values: Sequence[tf.Tensor], value_devices: Sequence[str], device: str) -> tf.Tensor:
+    """``tf.add_n(values)`` on ``device``; ``value_devices[i]`` is where ``values[i]`` sits.
+
+    Grappler's memory optimizer rewrites an ``AddN`` of more than two inputs, one of
+    them on the ``AddN``'s own device, into a zeroed temporary variable and one
+    ``AssignAdd`` per input once the device's estimated peak memory passes 80 % of the
+    256 MiB it assumes for a CPU: 2-3x slower for tensors of tens of MB. On a CPU, an
+    input on the summing device is therefore first handed to another CPU of the same
+    worker through a no-op (``EnsureShape``, which Grappler keeps); CPUs of one process
+    share memory, so that moves no bytes. The sum and its bits are unchanged.
+    """
+    values = list(values)
+    target = parse_device_name(device)
+    hop = _other_cpu_of_worker(target, value_devices) if len(values) > 2 else None
+    if hop is not None:
+        for i, (value, where) in enumerate(zip(values, value_devices)):
+            if parse_device_name(where) == target:
+                with tf.device(hop):
+                    values[i] = tf.ensure_shape(value, value.shape)
+    with tf.device(device):
+        return tf.add_n(values)
+
+
+def _other_cpu_of_worker(target: DeviceName, devices: Sequence[str]) -> str | None:
+    if target.device_type != CPU:
+        return None
+    for name in devices:
+        parsed = parse_device_name(name)
+        if parsed.device_type == CPU and parsed.worker == target.worker and parsed != target:
+            return name
+    return None

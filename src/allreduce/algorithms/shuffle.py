@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext, concat_on, split_on
+from allreduce.algorithms.base import BuildContext, concat_on, split_on, sum_on
 from allreduce.devices import group_device_names, parse_device_name
 from allreduce.registry import CPU, GPU
 from allreduce.schedules import split_sizes
@@ -58,8 +58,7 @@ def _shard_sums(
     shards = [split_on(v, d, sizes) for v, d in zip(values, devices)]
     sums = []
     for s, gather in enumerate(group):
-        with tf.device(gather):
-            sums.append(tf.add_n([pieces[s] for pieces in shards]))
+        sums.append(sum_on([pieces[s] for pieces in shards], devices, gather))
     return sums, group
 
 

@@ -5,19 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext, broadcast
-
-
-def _sum_on(values: Sequence[tf.Tensor], device: str) -> tf.Tensor:
-    with tf.device(device):
-        return tf.add_n(list(values))
+from allreduce.algorithms.base import BuildContext, broadcast, sum_on
 
 
 def simple_reduce(
     values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext
 ) -> tuple[tf.Tensor, str]:
     """One ``add_n`` on the first device."""
-    return _sum_on(values, devices[0]), devices[0]
+    return sum_on(values, devices, devices[0]), devices[0]
 
 
 def simple(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
@@ -31,7 +26,7 @@ def better_reduce(
 ) -> tuple[tf.Tensor, str]:
     """One ``add_n`` on device ``tensor_index % n``, so a batch spreads over the devices."""
     device = devices[ctx.tensor_index % len(devices)]
-    return _sum_on(values, device), device
+    return sum_on(values, devices, device), device
 
 
 def better(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:

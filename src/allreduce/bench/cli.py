@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-type", choices=("cpu", "gpu"), default="cpu", help="default cpu (logical CPUs)")
     p.add_argument("--specs", default=None, help="comma-separated specs; default: every spec that runs here")
     p.add_argument("--no-peers", action="store_true", help="leave out numpy and TensorFlow's all-reduces")
+    p.add_argument("--peers", default=None, help="comma-separated peer names to keep (default: all)")
     p.add_argument(
         "--workload", choices=WORKLOADS, default="sweep", help="default sweep (one tensor per size)"
     )
@@ -210,7 +211,15 @@ def _contenders(args: argparse.Namespace, setup: Setup) -> list[Contender]:
     if not args.no_peers:
         from allreduce.bench.peers import default_peers
 
-        contenders += default_peers(setup)
+        peers = default_peers(setup)
+        if args.peers is not None:
+            wanted = {name.strip() for name in args.peers.split(",") if name.strip()}
+            unknown = wanted - {p.name for p in peers}
+            if unknown:
+                known = ", ".join(p.name for p in peers)
+                raise RuntimeError(f"--peers: unknown {', '.join(sorted(unknown))}; known: {known}")
+            peers = [p for p in peers if p.name in wanted]
+        contenders += peers
     return contenders
 
 
