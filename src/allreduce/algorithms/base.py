@@ -8,8 +8,21 @@ from dataclasses import dataclass, replace
 from allreduce._tf import tf
 from allreduce.devices import DeviceName, parse_device_name
 from allreduce.registry import CPU, AlgorithmInfo
+from allreduce.schedules import split_sizes
 
-__all__ = ["BuildContext", "broadcast", "reduce_to_one", "run_all_reduce", "split_on", "sum_on"]
+__all__ = [
+    "ALIGN_BYTES",
+    "BuildContext",
+    "aligned_split_sizes",
+    "broadcast",
+    "concat_each",
+    "concat_on",
+    "reduce_to_one",
+    "run_all_reduce",
+    "shares_memory",
+    "split_on",
+    "sum_on",
+]
 
 
 @dataclass(frozen=True)
@@ -76,11 +89,35 @@ def broadcast(value: tf.Tensor, devices: Sequence[str]) -> list[tf.Tensor]:
     return out
 
 
+#: TensorFlow's ``Split`` hands out slices of its input's buffer, instead of copies,
+#: when each row it splits off spans a multiple of Eigen's alignment (at most 64 bytes).
+ALIGN_BYTES = 64
+
+
+def aligned_split_sizes(length: int, parts: int, itemsize: int) -> list[int]:
+    """Near-equal sizes of ``parts`` pieces of ``length`` elements, each a multiple of
+    :data:`ALIGN_BYTES` when ``length`` is, so that :func:`split_on` copies nothing;
+    otherwise :func:`allreduce.schedules.split_sizes`."""
+    granule = max(1, ALIGN_BYTES // itemsize)
+    if length % granule:
+        return split_sizes(length, parts)
+    return [granule * size for size in split_sizes(length // granule, parts)]
+
+
 def split_on(value: tf.Tensor, device: str, sizes: Sequence[int]) -> list[tf.Tensor]:
-    """Splits a 1-D tensor into pieces of the given sizes, on ``device``."""
+    """Splits a 1-D tensor into pieces of the given sizes, on ``device``.
+
+    A 1-D ``Split`` always copies; when every size is a multiple of
+    :data:`ALIGN_BYTES`, splitting the rows of a 2-D view instead shares the buffer.
+    """
     if len(sizes) == 1:
         return [value]
+    granule = max(1, ALIGN_BYTES // value.dtype.size)
     with tf.device(device):
+        if granule > 1 and all(size % granule == 0 for size in sizes):
+            rows = tf.reshape(value, [-1, granule])
+            parts = tf.split(rows, [size // granule for size in sizes], axis=0, num=len(sizes))
+            return [tf.reshape(part, [-1]) for part in parts]
         return tf.split(value, list(sizes), axis=0, num=len(sizes))
 
 
@@ -90,6 +127,33 @@ def concat_on(pieces: Sequence[tf.Tensor], device: str) -> tf.Tensor:
         if len(pieces) == 1:
             return tf.identity(pieces[0])
         return tf.concat(list(pieces), axis=0)
+
+
+def concat_each(pieces: Sequence[Sequence[tf.Tensor]], devices: Sequence[str]) -> list[tf.Tensor]:
+    """``concat_on(pieces[i], devices[i])`` for each ``i``, where every ``pieces[i]``
+    holds the same values.
+
+    CPUs of one worker share memory, so the first CPU of each worker concatenates once
+    and the others take a copy of its result, which moves no bytes; other devices each
+    concatenate their own pieces.
+    """
+    out: list[tf.Tensor] = []
+    first: dict[tuple[str, int, int], int] = {}
+    for i, device in enumerate(devices):
+        parsed = parse_device_name(device)
+        j = first.setdefault(parsed.worker, i) if parsed.device_type == CPU else i
+        if j != i:
+            with tf.device(device):
+                out.append(tf.identity(out[j]))
+        else:
+            out.append(concat_on(pieces[i], device))
+    return out
+
+
+def shares_memory(devices: Sequence[str]) -> bool:
+    """Whether all ``devices`` are CPUs of one worker (a copy between them is free)."""
+    parsed = [parse_device_name(d) for d in devices]
+    return all(p.device_type == CPU for p in parsed) and len({p.worker for p in parsed}) == 1
 
 
 def sum_on(values: Sequence[tf.Tensor], value_devices: Sequence[str], device: str) -> tf.Tensor:

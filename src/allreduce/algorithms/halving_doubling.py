@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext, split_on
+from allreduce.algorithms.base import BuildContext, concat_each, shares_memory, split_on
 from allreduce.schedules import halving_doubling_plan
 
 
@@ -37,13 +37,19 @@ def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildCo
             with tf.device(devices[i]):
                 reduced.append(tf.add(halves[i][keep], halves[i ^ d][keep]))
         core, bounds = reduced, after
-    for d in reversed(plan.distances):
-        grown = []
-        for i in range(plan.core):
-            mine, theirs = core[i], core[i ^ d]
-            with tf.device(devices[i]):
-                grown.append(tf.concat([mine, theirs] if i & d == 0 else [theirs, mine], axis=0))
-        core = grown
+    if shares_memory(devices[: plan.core]) and plan.distances:
+        # Doubling only moves the reduced pieces; where the devices share memory that
+        # is free, and one concatenation of all the pieces replaces log2(n) rounds.
+        ordered = [core[i] for i in sorted(range(plan.core), key=lambda i: bounds[i])]
+        core = concat_each([ordered] * plan.core, devices[: plan.core])
+    else:
+        for d in reversed(plan.distances):
+            grown = []
+            for i in range(plan.core):
+                mine, theirs = core[i], core[i ^ d]
+                with tf.device(devices[i]):
+                    grown.append(tf.concat([mine, theirs] if i & d == 0 else [theirs, mine], axis=0))
+            core = grown
     results = list(core) + [None] * (n - plan.core)
     for extra, partner in plan.folds:
         with tf.device(devices[extra]):

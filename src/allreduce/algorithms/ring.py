@@ -2,7 +2,9 @@
 
 The vector is cut into ``k`` subchunks, each reduced by its own ring with a rotated
 device order (:func:`allreduce.schedules.ring_orders`); each subchunk is cut into one
-near-equal chunk per device, so sizes need not divide.
+near-equal chunk per device (whole multiples of 64 bytes where the length allows, so
+that cutting copies nothing), so sizes need not divide. CPUs of one worker share
+memory: after the all-gather they hold the same chunks, and concatenate them once.
 """
 
 from __future__ import annotations
@@ -10,13 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext, concat_on, split_on
-from allreduce.schedules import (
-    ring_all_gather_steps,
-    ring_orders,
-    ring_reduce_scatter_steps,
-    split_sizes,
-)
+from allreduce.algorithms.base import BuildContext, aligned_split_sizes, concat_each, split_on
+from allreduce.schedules import ring_all_gather_steps, ring_orders, ring_reduce_scatter_steps
 
 
 def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
@@ -24,7 +21,12 @@ def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildCo
     n = len(values)
     length = values[0].shape[0]
     rings = ctx.shards
-    sizes = [size for sub in split_sizes(length, rings) for size in split_sizes(sub, n)]
+    itemsize = values[0].dtype.size
+    sizes = [
+        size
+        for sub in aligned_split_sizes(length, rings, itemsize)
+        for size in aligned_split_sizes(sub, n, itemsize)
+    ]
     pieces = [split_on(v, d, sizes) for v, d in zip(values, devices)]
     gathered: list[list[tf.Tensor | None]] = [[None] * len(sizes) for _ in range(n)]
     for r, order in enumerate(ring_orders(n, rings)):
@@ -43,4 +45,4 @@ def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildCo
         for p in range(n):
             for c in range(n):
                 gathered[order[p]][base + c] = full[p, c]
-    return [concat_on(g, d) for g, d in zip(gathered, devices)]
+    return concat_each(gathered, devices)

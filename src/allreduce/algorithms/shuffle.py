@@ -12,10 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext, concat_on, split_on, sum_on
+from allreduce.algorithms.base import (
+    BuildContext,
+    aligned_split_sizes,
+    concat_each,
+    concat_on,
+    split_on,
+    sum_on,
+)
 from allreduce.devices import group_device_names, parse_device_name
 from allreduce.registry import CPU, GPU
-from allreduce.schedules import split_sizes
 
 
 def gather_candidates(devices: Sequence[str], device_type: str) -> list[str]:
@@ -54,7 +60,7 @@ def _shard_sums(
     values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext, device_type: str
 ) -> tuple[list[tf.Tensor], list[str]]:
     group = gather_group(devices, ctx, device_type)
-    sizes = split_sizes(values[0].shape[0], ctx.shards)
+    sizes = aligned_split_sizes(values[0].shape[0], ctx.shards, values[0].dtype.size)
     shards = [split_on(v, d, sizes) for v, d in zip(values, devices)]
     sums = []
     for s, gather in enumerate(group):
@@ -64,7 +70,7 @@ def _shard_sums(
 
 def _all_reduce(values, devices, ctx, device_type):
     sums, _ = _shard_sums(values, devices, ctx, device_type)
-    return [concat_on(sums, d) for d in devices]
+    return concat_each([sums] * len(devices), devices)
 
 
 def _reduce(values, devices, ctx, device_type):
