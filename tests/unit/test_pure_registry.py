@@ -1,0 +1,150 @@
+"""The algorithm table: names, hierarchical pairs, registration and builder lookup."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+
+from allreduce import registry
+from allreduce.registry import (
+    CPU,
+    GPU,
+    NAMED_HIERARCHICAL,
+    AlgorithmInfo,
+    algorithm_names,
+    get_algorithm,
+    is_algorithm_name,
+    register,
+)
+
+SEED_NAMES = ["xring", "rechd", "pscpu", "psgpu", "nccl", "collective", "simple", "better", "trivial"]
+COMPOSABLE = [n for n in algorithm_names() if get_algorithm(n).composable]
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> dict[str, AlgorithmInfo]:
+    """A copy of the table that registrations go to, so that no test leaves one behind."""
+    table = dict(registry._REGISTRY)
+    monkeypatch.setattr(registry, "_REGISTRY", table)
+    return table
+
+
+def test_flat_names_include_every_seed_algorithm_and_no_pair() -> None:
+    names = algorithm_names()
+    assert names[: len(SEED_NAMES)] == SEED_NAMES
+    assert len(set(names)) == len(names)
+    assert not any("/" in n for n in names)
+
+
+def test_hierarchical_names_are_appended_on_request() -> None:
+    assert algorithm_names(hierarchical=True) == algorithm_names() + list(NAMED_HIERARCHICAL)
+    assert all(is_algorithm_name(n) for n in NAMED_HIERARCHICAL)
+
+
+@pytest.mark.parametrize(("lower", "upper"), list(itertools.product(COMPOSABLE, COMPOSABLE)))
+def test_every_pair_of_composable_algorithms_is_hierarchical(lower: str, upper: str) -> None:
+    name = f"{lower}/{upper}"
+    info = get_algorithm(name)
+    low, up = get_algorithm(lower), get_algorithm(upper)
+    assert info.name == name
+    assert info.levels == (lower, upper) and info.is_hierarchical
+    assert info.builder == "hierarchical:all_reduce" and info.reducer is None
+    assert info.device_types == low.device_types
+    assert info.distinct_devices == low.distinct_devices
+    assert info.composable is False and info.reduces is True
+    assert info.takes_shards == up.takes_shards
+    if up.takes_shards:
+        assert info.shards == f"{up.shards} of the across-worker level"
+    assert info.summary == f"{lower} within each worker, {upper} across workers, then broadcast"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ring",
+        "XRING",
+        "xring/",
+        "/xring",
+        "xring/xring/xring",
+        "trivial/xring",
+        "xring/trivial",
+        "",
+        "xring#2",
+    ],
+)
+def test_unknown_names_are_rejected_listing_the_known_ones(name: str) -> None:
+    assert not is_algorithm_name(name)
+    with pytest.raises(ValueError) as info:
+        get_algorithm(name)
+    message = str(info.value)
+    assert message.startswith(f"unknown all-reduce algorithm {name!r}; known: ")
+    assert f"known: {', '.join(algorithm_names())}, or A/B for two of them" in message
+    assert "(e.g. 'nccl/xring', 'pscpu/pscpu')" in message
+
+
+@pytest.mark.parametrize("value", [None, 3, ["xring"], ("xring",), b"xring"])
+def test_non_string_names_are_not_algorithms(value: object) -> None:
+    assert is_algorithm_name(value) is False  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown all-reduce algorithm"):
+        get_algorithm(value)  # type: ignore[arg-type]
+
+
+def test_flat_entries_are_the_registered_objects() -> None:
+    for name in algorithm_names():
+        info = get_algorithm(name)
+        assert info is registry._REGISTRY[name] and info.name == name
+        assert not info.is_hierarchical and info.levels == ()
+        assert info.device_types <= {CPU, GPU} and info.device_types
+
+
+def test_register_adds_a_new_name(scratch_registry: dict[str, AlgorithmInfo]) -> None:
+    info = AlgorithmInfo("myX-ring_2", "a test entry", "ring:all_reduce", frozenset({CPU}), shards="rings")
+    assert register(info) is info
+    assert get_algorithm("myX-ring_2") is info
+    assert algorithm_names()[-1] == "myX-ring_2"
+    assert get_algorithm("myX-ring_2/xring").levels == ("myX-ring_2", "xring")
+
+
+def test_register_rejects_a_taken_name(scratch_registry: dict[str, AlgorithmInfo]) -> None:
+    with pytest.raises(ValueError, match=re.escape("algorithm 'pscpu' is already registered")):
+        register(AlgorithmInfo("pscpu", "again", "shuffle:all_reduce_on_cpus", frozenset({CPU})))
+    assert scratch_registry["pscpu"] is get_algorithm("pscpu")
+
+
+@pytest.mark.parametrize("name", ["a:b", "a#b", "a/b", ":", "#", "/", ""])
+def test_register_rejects_names_with_spec_delimiters(
+    scratch_registry: dict[str, AlgorithmInfo], name: str
+) -> None:
+    before = dict(scratch_registry)
+    message = f"invalid algorithm name {name!r}: it may not contain ':', '#' or '/'"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        register(AlgorithmInfo(name, "bad", "ring:all_reduce", frozenset({CPU})))
+    assert scratch_registry == before
+
+
+def test_composable_flags() -> None:
+    assert get_algorithm("trivial").composable is False and get_algorithm("trivial").reduces is False
+    assert all(get_algorithm(n).reduces for n in algorithm_names() if n != "trivial")
+
+
+@pytest.mark.parametrize("name", algorithm_names())
+def test_builders_and_reducers_resolve_to_their_module_functions(name: str) -> None:
+    info = get_algorithm(name)
+    module, function = info.builder.split(":")
+    builder = info.load_builder()
+    assert callable(builder)
+    assert (builder.__module__, builder.__name__) == (f"allreduce.algorithms.{module}", function)
+    reducer = info.load_reducer()
+    if info.reducer is None:
+        assert reducer is None
+    else:
+        module, function = info.reducer.split(":")
+        assert (reducer.__module__, reducer.__name__) == (f"allreduce.algorithms.{module}", function)
+
+
+def test_hierarchical_builder_resolves() -> None:
+    builder = get_algorithm("pscpu/xring").load_builder()
+    assert (builder.__module__, builder.__name__) == ("allreduce.algorithms.hierarchical", "all_reduce")
+    assert get_algorithm("pscpu/xring").load_reducer() is None

@@ -1,0 +1,123 @@
+"""Chunk sizes, ring orders and schedules, and halving-doubling plans on worked examples."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from allreduce.schedules import (
+    HalvingDoublingPlan,
+    Transfer,
+    chunk_offsets,
+    halving_doubling_plan,
+    ring_all_gather_steps,
+    ring_orders,
+    ring_reduce_scatter_steps,
+    split_sizes,
+)
+
+
+def test_split_sizes_examples() -> None:
+    assert split_sizes(10, 3) == [4, 3, 3]
+    assert split_sizes(2, 4) == [1, 1, 0, 0]
+    assert split_sizes(0, 2) == [0, 0]
+    assert split_sizes(7, 1) == [7]
+
+
+@pytest.mark.parametrize(
+    ("length", "parts", "message"),
+    [(-1, 2, "length must be non-negative, got -1"), (4, 0, "parts must be at least 1, got 0")],
+)
+def test_split_sizes_rejects_bad_counts(length: int, parts: int, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        split_sizes(length, parts)
+
+
+def test_chunk_offsets_examples() -> None:
+    assert chunk_offsets([]) == []
+    assert chunk_offsets([5]) == [0]
+    assert chunk_offsets([4, 3, 0, 2]) == [0, 4, 7, 7]
+
+
+@given(st.lists(st.integers(0, 100), max_size=20))
+def test_chunk_offsets_are_prefix_sums(sizes: list[int]) -> None:
+    offsets = chunk_offsets(sizes)
+    assert offsets == [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+def test_ring_orders_examples() -> None:
+    assert ring_orders(4, 1) == [[0, 1, 2, 3]]
+    assert ring_orders(4, 2) == [[0, 1, 2, 3], [2, 1, 0, 3]]
+    assert ring_orders(6, 3) == [[0, 1, 2, 3, 4, 5], [2, 1, 0, 5, 4, 3], [4, 5, 0, 1, 2, 3]]
+    assert ring_orders(1, 3) == [[0], [0], [0]]
+
+
+@given(st.integers(1, 16), st.integers(1, 8))
+def test_ring_orders_start_apart_and_alternate_direction(n: int, rings: int) -> None:
+    for r, order in enumerate(ring_orders(n, rings)):
+        assert order[0] == r * n // rings
+        step = -1 if r % 2 else 1
+        assert all(order[(i + 1) % n] == (order[i] + step) % n for i in range(n))
+
+
+@pytest.mark.parametrize(("n", "rings"), [(0, 1), (1, 0), (-1, 2), (0, 0)])
+def test_ring_orders_reject_counts_below_one(n: int, rings: int) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"got {n}, {rings}")):
+        ring_orders(n, rings)
+
+
+def test_ring_steps_for_three_positions() -> None:
+    assert ring_reduce_scatter_steps(3) == [
+        [Transfer(0, 1, 0), Transfer(1, 2, 1), Transfer(2, 0, 2)],
+        [Transfer(0, 1, 2), Transfer(1, 2, 0), Transfer(2, 0, 1)],
+    ]
+    assert ring_all_gather_steps(3) == [
+        [Transfer(0, 1, 1), Transfer(1, 2, 2), Transfer(2, 0, 0)],
+        [Transfer(0, 1, 0), Transfer(1, 2, 1), Transfer(2, 0, 2)],
+    ]
+    assert ring_reduce_scatter_steps(1) == ring_all_gather_steps(1) == []
+
+
+@given(st.integers(1, 16))
+def test_ring_phases_take_n_minus_one_steps_of_n_transfers(n: int) -> None:
+    for steps in (ring_reduce_scatter_steps(n), ring_all_gather_steps(n)):
+        assert len(steps) == n - 1
+        assert all(len(step) == n for step in steps)
+
+
+def test_halving_doubling_plan_examples() -> None:
+    assert halving_doubling_plan(4, 10) == HalvingDoublingPlan(
+        core=4,
+        folds=[],
+        distances=[2, 1],
+        intervals=[[(0, 5), (0, 5), (5, 10), (5, 10)], [(0, 3), (3, 5), (5, 8), (8, 10)]],
+    )
+    assert halving_doubling_plan(3, 5) == HalvingDoublingPlan(2, [(2, 0)], [1], [[(0, 3), (3, 5)]])
+    assert halving_doubling_plan(1, 4) == HalvingDoublingPlan(1, [], [], [])
+    assert halving_doubling_plan(7, 0).folds == [(4, 0), (5, 1), (6, 2)]
+
+
+@given(st.integers(1, 40), st.integers(0, 1000))
+def test_halving_keeps_the_larger_lower_half_on_the_clear_bit(n: int, length: int) -> None:
+    # The TensorFlow builder splits at start + ceil(size / 2) and keeps the lower half
+    # where the round's bit is clear: the plan must say the same.
+    plan = halving_doubling_plan(n, length)
+    before = [(0, length)] * plan.core
+    for d, after in zip(plan.distances, plan.intervals):
+        for i in range(plan.core):
+            start, stop = before[i]
+            middle = start + (stop - start + 1) // 2
+            assert after[i] == ((start, middle) if i & d == 0 else (middle, stop))
+        before = after
+
+
+@pytest.mark.parametrize(
+    ("n", "length", "message"),
+    [(0, 4, "num_devices must be at least 1, got 0"), (2, -1, "length must be non-negative, got -1")],
+)
+def test_halving_doubling_plan_rejects_bad_counts(n: int, length: int, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        halving_doubling_plan(n, length)
