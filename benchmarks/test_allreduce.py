@@ -48,7 +48,7 @@ def _inputs(n: int, case: Case) -> tuple:
 
 
 def _rounds(case: Case) -> int:
-    return max(5, min(50, (64 << 20) // max(case.nbytes, 1)))
+    return max(10, min(50, (64 << 20) // max(case.nbytes, 1)))
 
 
 @pytest.mark.parametrize(
