@@ -378,7 +378,13 @@ class LocalCluster:
         start = time.monotonic()
         thread.start()
         while not done.wait(_POLL_S):
-            self.check()
+            try:
+                self.check()
+            except WorkerError as fault:
+                # The call usually fails soon after a worker exits: keep its error as the cause.
+                if fault.reason == "exited" and done.wait(_FAULT_GRACE_S) and "error" in box:
+                    raise fault from box["error"]
+                raise
             if time.monotonic() - start > limit:
                 fault = self._first_fault(0.0)
                 if fault is not None:

@@ -22,12 +22,11 @@ import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-import tensorflow as tf  # noqa: E402
-
-import allreduce  # noqa: E402
-from allreduce.cluster import WorkerError, local_cluster  # noqa: E402
+import allreduce
+from allreduce.cluster import WorkerError, local_cluster
 
 
 class Recorder:
@@ -138,7 +137,8 @@ def scenario_sums(args: dict, rec: Recorder) -> None:
 
             rec.case(f"function {spec}", traced)
 
-        shapes = [([3], "float32"), ([5, 4], "float32"), ([1], "float64"), ([300], "float32"), ([2, 2], "int32")]
+        shapes = [([3], "float32"), ([5, 4], "float32"), ([1], "float64"), ([300], "float32")]
+        shapes.append(([2, 2], "int32"))
         towers_np = [[integer_valued(rng, s, dt) for s, dt in shapes] for _ in devices]
         rec.manifest["batch_inputs"] = [[rec.array(v) for v in tower] for tower in towers_np]
         towers = [[place(v, d) for v in tower] for tower, d in zip(towers_np, devices)]
@@ -171,7 +171,8 @@ def scenario_sums(args: dict, rec: Recorder) -> None:
                     new = allreduce.unpack_small_tensors(new, packing)
                 names = [[var for _, var in tower] for tower in new]
                 assert names == [[f"var{i}" for i in range(len(shapes))]] * len(devices), names
-                return [[g for g, _ in tower] for tower in new], [[g.device for g, _ in tower] for tower in new]
+                grads = [[g for g, _ in tower] for tower in new]
+                return grads, [[g.device for g in tower] for tower in grads]
 
             rec.case(f"compat {alg}#{shards}", compat)
 
