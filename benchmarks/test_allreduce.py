@@ -16,7 +16,7 @@ import pytest
 
 from allreduce.bench.cases import Case, many_small_case, sweep_cases
 from allreduce.bench.contenders import Contender, Setup, SpecContender, default_specs
-from allreduce.bench.driver import count_wrong, drain, make_inputs
+from allreduce.bench.driver import compile_step, count_wrong, drain, make_inputs
 from allreduce.bench.peers import default_peers
 
 DEVICE_COUNTS = (2, 4)
@@ -61,9 +61,9 @@ def test_all_reduce(benchmark, n: int, case: Case, name: str) -> None:
     if reason:
         pytest.skip(reason)
     inputs, expected = _inputs(n, case)
-    step = contender.prepare(inputs, setup)
+    full, step = compile_step(contender, inputs, setup)
     try:
-        outputs = step()
+        outputs = full()
     except ValueError as err:
         pytest.skip(f"cannot run here: {err}")
     assert count_wrong(outputs, expected, case) == (0, 0)

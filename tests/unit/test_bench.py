@@ -206,3 +206,28 @@ def test_workers_run_across_a_local_cluster(tmp_path):
     document = json.loads(report.read_text())
     assert document["ok"] and len(document["devices"]) == 4
     assert {"/job:worker" in d for d in document["devices"]} == {True}
+
+
+@pytest.mark.parametrize("witness", [False, True])
+def test_run_case_checks_full_outputs_whether_or_not_timed_steps_return_them(witness):
+    from allreduce.bench.contenders import Setup, SpecContender
+    from allreduce.bench.driver import run_case
+    from allreduce.bench.peers import NumpyFloor
+
+    devices = tuple(f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(3))
+    setup = Setup(devices=devices, device_type="CPU", witness=witness)
+    case = cases.Case("t", ((5, 7),), "float32")
+    steps = []
+    results = run_case(
+        case,
+        [SpecContender("xring#2"), SpecContender("trivial"), NumpyFloor()],
+        setup,
+        warmup=1,
+        iters=3,
+        tick=steps.append,
+    )
+    good, bad, floor = results
+    assert good.ok and good.wrong == 0 and len(good.samples_s) == 3
+    assert floor.ok and len(floor.samples_s) == 3
+    assert bad.wrong > 0 and not bad.ok
+    assert sum(steps) == 3 * (1 + 1 + 3)

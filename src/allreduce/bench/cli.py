@@ -231,10 +231,13 @@ def _progress(total: int, disable: bool) -> Any:
     return tqdm(total=total, file=sys.stderr, unit="step", leave=False, disable=True if disable else None)
 
 
-def _enter_devices(args: argparse.Namespace, stack: ExitStack) -> tuple[list[str], int]:
+def _enter_devices(args: argparse.Namespace, stack: ExitStack) -> tuple[list[str], int, Any]:
+    """The devices, the number of workers, and how to call a step (a cluster's watchdog)."""
     device_type = args.device_type.upper()
     if args.workers is None:
-        return _local_devices(args.devices, device_type), 1
+        return _local_devices(args.devices, device_type), 1, lambda fn: fn()
+    if device_type != "CPU":
+        raise RuntimeError("--workers starts CPU workers: use it with --device-type cpu")
     try:
         from allreduce.cluster import local_cluster
     except ImportError as err:
@@ -242,7 +245,7 @@ def _enter_devices(args: argparse.Namespace, stack: ExitStack) -> tuple[list[str
             f"--workers needs allreduce.cluster.local_cluster, which cannot be imported here ({err})"
         ) from None
     cluster = stack.enter_context(local_cluster(args.workers, args.devices, op_timeout_s=args.op_timeout))
-    return [d for worker in cluster.devices for d in worker], args.workers
+    return [d for worker in cluster.devices for d in worker], args.workers, cluster.run
 
 
 def run(args: argparse.Namespace) -> int:
@@ -254,13 +257,14 @@ def run(args: argparse.Namespace) -> int:
     tf.get_logger().setLevel("ERROR")
     results: list[Result] = []
     with ExitStack() as stack:
-        devices, workers = _enter_devices(args, stack)
+        devices, workers, guard = _enter_devices(args, stack)
         setup = Setup(
             devices=tuple(devices),
             device_type=args.device_type.upper(),
             workers=workers,
             pack_max_bytes=args.pack_max_bytes,
             pack_max_group=args.pack_max_group,
+            witness=workers > 1 or args.device_type != "cpu",
         )
         cases = _cases(args)
         contenders = _contenders(args, setup)
@@ -269,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
             f"{f' over {workers} workers' if workers > 1 else ''}, {args.workload}, {args.dtype}, "
             f"warmup {args.warmup}, iters {args.iters}, allocator {args.allocator}, "
             f"TensorFlow {tf.__version__}"
+            f"{'; timed steps return one element per output' if setup.witness else ''}"
         )
         sys.stderr.write(f"# {title}\n")
         bar = _progress(len(cases) * len(contenders) * (1 + args.warmup + args.iters), args.no_progress)
@@ -277,7 +282,9 @@ def run(args: argparse.Namespace) -> int:
             for case in cases:
                 if bar is not None:
                     bar.set_description(case.name)
-                results += run_case(case, contenders, setup, warmup=args.warmup, iters=args.iters, tick=tick)
+                results += run_case(
+                    case, contenders, setup, warmup=args.warmup, iters=args.iters, tick=tick, guard=guard
+                )
         finally:
             if bar is not None:
                 bar.close()

@@ -2,7 +2,8 @@
 
 A contender knows whether it applies to a case (:meth:`Contender.skip_reason`) and how
 to build one step (:meth:`Contender.prepare`): a callable that all-reduces the inputs
-once and returns ``outputs[d][t]``, tensor ``t`` on device ``d``. The driver times and
+once and returns ``outputs[d][t]``, tensor ``t`` on device ``d``; the driver traces it
+into a ``tf.function`` (unless :attr:`Contender.graph` is false). The driver times and
 checks every contender the same way and never names an algorithm; which specs exist and
 where they run comes from :mod:`allreduce.registry`. Peers (numpy, ``tf.distribute``,
 TensorFlow's own builders) live in :mod:`allreduce.bench.peers`.
@@ -39,6 +40,9 @@ class Setup:
         workers: the number of worker processes the devices span (1: this process).
         pack_max_bytes: ``batch_all_reduce`` packing: largest tensor packed (0: none).
         pack_max_group: ``batch_all_reduce`` packing: most tensors per pack.
+        witness: whether timed steps return only the first element of each output,
+            taken on its device, instead of the outputs (whose transfer to this process
+            would be timed too: GPU memory, other workers).
     """
 
     devices: tuple[str, ...]
@@ -46,6 +50,7 @@ class Setup:
     workers: int = 1
     pack_max_bytes: int = 0
     pack_max_group: int = 10
+    witness: bool = False
 
     @property
     def num_devices(self) -> int:
@@ -70,25 +75,26 @@ class Contender:
         kind: :data:`OURS`, :data:`PEER` or :data:`FLOOR` (a bound that does not all-reduce).
         spec: the spec string for the library's own rows, else ``None``.
         same_as: for a peer, the spec of ours that runs the same algorithm.
+        graph: whether the step builds TensorFlow ops (the driver traces it once).
     """
 
     name: str = ""
     kind: str = PEER
     spec: str | None = None
     same_as: str | None = None
+    graph: bool = True
 
     def skip_reason(self, case: Case, setup: Setup) -> str | None:
         """Why this contender does not run on ``case`` here, or ``None``."""
         return None
 
     def prepare(self, inputs: Inputs, setup: Setup) -> Step:
-        """A callable that all-reduces ``inputs`` once (it may trace on first call)."""
+        """A callable that all-reduces ``inputs`` once and returns ``outputs[d][t]``."""
         raise NotImplementedError
 
 
 class SpecContender(Contender):
-    """One spec of the library: ``all_reduce`` for one tensor, ``batch_all_reduce`` for many,
-    each step a ``tf.function`` that is traced once."""
+    """One spec of the library: ``all_reduce`` for one tensor, ``batch_all_reduce`` for many."""
 
     kind = OURS
 
@@ -109,7 +115,6 @@ class SpecContender(Contender):
         return None
 
     def prepare(self, inputs: Inputs, setup: Setup) -> Step:
-        from allreduce._tf import tf
         from allreduce.api import all_reduce, batch_all_reduce
 
         spec, devices, towers = self.spec, list(inputs.devices), inputs.tensors
@@ -130,7 +135,7 @@ class SpecContender(Contender):
                     devices=devices,
                 )
 
-        return tf.function(step, autograph=False)
+        return step
 
 
 def default_specs(device_type: str, num_devices: int) -> list[str]:

@@ -1,12 +1,15 @@
 """The generic part of the benchmark: inputs, timing and verification.
 
-For each case the driver makes the inputs once, then for every contender builds its
-step (a ``tf.function``, traced and run once), checks that first result, runs the
-warm-up steps, and times ``iters`` steps. Timed steps go round-robin over the
-contenders (step 1 of each, then step 2 of each, ...) so that a change in background
-load hits all of them alike. Each timed step ends when every output has been drained
-with ``np.asarray`` (no copy for a CPU tensor); the outputs of the last timed step are
-checked again after its timer stopped.
+For each case the driver makes the inputs once, then for every contender traces its
+step into a ``tf.function`` (:func:`compile_step`), runs it once and checks that
+result, runs the warm-up steps, and times ``iters`` steps. Timed steps go round-robin
+over the contenders (step 1 of each, then step 2 of each, ...) so that a change in
+background load hits all of them alike. Each timed step ends when every output has
+been drained with ``np.asarray`` (no copy for a CPU tensor of this process); the
+outputs of the last timed step are checked again after its timer stopped. Where
+outputs live elsewhere (GPUs, other workers) a timed step returns only the first
+element of each output, taken on its device, and one more full step is checked after
+the timed ones.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 from allreduce.bench.cases import Case, expected_sum, input_pattern
 from allreduce.bench.contenders import Contender, Inputs, Setup
 
-__all__ = ["Result", "count_wrong", "drain", "make_inputs", "run_case"]
+__all__ = ["Result", "compile_step", "count_wrong", "drain", "make_inputs", "run_case"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,11 +139,39 @@ def count_wrong(
     return wrong, mismatch
 
 
+Step = Callable[[], Sequence[Sequence[Any]]]
+
+
+def compile_step(contender: Contender, inputs: Inputs, setup: Setup) -> tuple[Step, Step]:
+    """``(full, timed)``: ``contender``'s step traced into ``tf.function``s; ``full``
+    returns the outputs, ``timed`` the same or, with ``setup.witness``, the first element
+    of each output taken on its device (so that no output leaves its device)."""
+    build = contender.prepare(inputs, setup)
+    if not contender.graph:
+        return build, build
+    from allreduce._tf import tf
+
+    full = tf.function(build, autograph=False)
+    if not setup.witness:
+        return full, full
+    devices = inputs.devices
+
+    def witnesses() -> list[list[Any]]:
+        out = []
+        for device, tower in zip(devices, build()):
+            with tf.device(device):
+                out.append([tf.reshape(value, [-1])[:1] for value in tower])
+        return out
+
+    return full, tf.function(witnesses, autograph=False)
+
+
 @dataclass
 class _Running:
     contender: Contender
     result: Result
-    step: Callable[[], Sequence[Sequence[Any]]]
+    step: Step
+    full: Step
 
 
 def run_case(
@@ -151,11 +182,13 @@ def run_case(
     warmup: int,
     iters: int,
     tick: Callable[[int], None] = lambda _: None,
+    guard: Callable[[Callable[[], Any]], Any] = lambda fn: fn(),
 ) -> list[Result]:
     """Times every contender on ``case``; returns one :class:`Result` each, in order.
 
     ``tick(k)`` is called after every ``k`` steps (for a progress bar): each contender
-    counts ``1 + warmup + iters`` steps, whether it runs or not.
+    counts ``1 + warmup + iters`` steps, whether it runs or not. Every step runs as
+    ``guard(fn)`` (e.g. a cluster's watchdog); its time is taken inside ``fn``.
     """
     per_contender = 1 + warmup + iters
     inputs, expected = make_inputs(case, setup.devices)
@@ -174,12 +207,11 @@ def run_case(
         result.skipped = contender.skip_reason(case, setup)
         if result.skipped is None:
             try:
-                step = contender.prepare(inputs, setup)
-                outputs = step()
-                drain(outputs)
+                full, step = compile_step(contender, inputs, setup)
+                outputs, _ = guard(lambda full=full: _timed(full))
                 result.wrong, result.replica_mismatch = count_wrong(outputs, expected, case)
                 del outputs
-                running.append(_Running(contender, result, step))
+                running.append(_Running(contender, result, step, full))
             except (ValueError, TypeError, NotImplementedError, ImportError) as err:
                 # Raised while the graph is built: this contender cannot run here.
                 result.skipped = f"{type(err).__name__}: {_first_line(err)}"
@@ -189,7 +221,7 @@ def run_case(
         tick(1 if running and running[-1].result is result else per_contender)
     for _ in range(warmup):
         for run in list(running):
-            _call(run, running, lambda outputs: None)
+            _call(run, running, lambda outputs: None, guard)
             tick(1)
     for i in range(iters):
         last = i == iters - 1
@@ -197,11 +229,13 @@ def run_case(
 
             def check(outputs: Sequence[Sequence[Any]], run: _Running = run, last: bool = last) -> None:
                 if last:
+                    if run.step is not run.full:
+                        outputs, _ = guard(lambda: _timed(run.full))
                     wrong, mismatch = count_wrong(outputs, expected, case)
                     run.result.wrong = max(run.result.wrong, wrong)
                     run.result.replica_mismatch = max(run.result.replica_mismatch, mismatch)
 
-            _call(run, running, check, timed=True)
+            _call(run, running, check, guard, timed=True)
             tick(1)
     del running, inputs
     gc.collect()
@@ -212,16 +246,14 @@ def _call(
     run: _Running,
     running: list[_Running],
     check: Callable[[Sequence[Sequence[Any]]], None],
+    guard: Callable[[Callable[[], Any]], Any],
     *,
     timed: bool = False,
 ) -> None:
     if run not in running:
         return
     try:
-        start = time.perf_counter()
-        outputs = run.step()
-        drain(outputs)
-        elapsed = time.perf_counter() - start
+        outputs, elapsed = guard(lambda: _timed(run.step))
     except Exception as err:
         logger.debug("%s failed", run.contender.name, exc_info=True)
         run.result.error = f"{type(err).__name__}: {_first_line(err)}"
@@ -229,7 +261,19 @@ def _call(
         return
     if timed:
         run.result.samples_s.append(elapsed)
-    check(outputs)
+    try:
+        check(outputs)
+    except Exception as err:
+        logger.debug("%s failed", run.contender.name, exc_info=True)
+        run.result.error = f"{type(err).__name__}: {_first_line(err)}"
+        running.remove(run)
+
+
+def _timed(step: Callable[[], Sequence[Sequence[Any]]]) -> tuple[Sequence[Sequence[Any]], float]:
+    start = time.perf_counter()
+    outputs = step()
+    drain(outputs)
+    return outputs, time.perf_counter() - start
 
 
 def _first_line(err: BaseException) -> str:

@@ -38,6 +38,7 @@ class NumpyFloor(Contender):
 
     name = "numpy"
     kind = FLOOR
+    graph = False
 
     def prepare(self, inputs: Inputs, setup: Setup) -> Step:
         host = inputs.host
@@ -84,7 +85,7 @@ class CrossDeviceOpsPeer(Contender):
             reduced = ops.batch_reduce(tf.distribute.ReduceOp.SUM, [(v, v) for v in per_replica])
             return [[reduced[t].values[d] for t in range(count)] for d in range(len(towers))]
 
-        return tf.function(step, autograph=False)
+        return step
 
 
 def _reduction_to_one_device(devices: Sequence[str], device_type: str) -> Any:
@@ -144,14 +145,12 @@ class V1BuilderPeer(Contender):
     def prepare(self, inputs: Inputs, setup: Setup) -> Step:
         from tensorflow.python.distribute.v1 import all_reduce as v1
 
-        from allreduce._tf import tf
-
         values = [tower[0] for tower in inputs.tensors]
 
         def step() -> list[list[Any]]:
             return [[out] for out in self._build(v1, values, setup)]
 
-        return tf.function(step, autograph=False)
+        return step
 
 
 def _ring(subchunks: int) -> Callable[[Any, list[Any], Setup], list[Any]]:
