@@ -231,3 +231,12 @@ def test_run_case_checks_full_outputs_whether_or_not_timed_steps_return_them(wit
     assert floor.ok and len(floor.samples_s) == 3
     assert bad.wrong > 0 and not bad.ok
     assert sum(steps) == 3 * (1 + 1 + 3)
+
+
+def test_gpu_devices_without_a_gpu_is_a_clear_error(capsys):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible")
+    assert main(["--device-type", "gpu", *TINY_RUN]) == 2
+    assert "no GPU" in capsys.readouterr().err
