@@ -108,10 +108,29 @@ def _address(entry: str) -> str:
     return f"{ip}:{int(port, 16)}"
 
 
+LOCAL_CPUS = 3
+
+
+def local_collective(rec: Recorder, when: str) -> None:
+    """``collective`` over this process's own logical CPUs, before, during and after a cluster."""
+    local = [f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(LOCAL_CPUS)]
+    values = [np.full([7], float(i + 1), np.float32) for i in range(LOCAL_CPUS)]
+
+    def one():
+        out = allreduce.all_reduce([place(v, d) for v, d in zip(values, local)], "collective", timeout_s=30)
+        return [[t] for t in out], [[t.device] for t in out]
+
+    rec.case(f"local collective {when}", one)
+
+
 def scenario_sums(args: dict, rec: Recorder) -> None:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * LOCAL_CPUS)
+    local_collective(rec, "before")
     rng = np.random.default_rng(args["seed"])
     length = args["length"]
     with local_cluster(args["workers"], args["per_worker"], op_timeout_s=60) as cluster:
+        local_collective(rec, "during")
         devices = [d for worker in cluster.devices for d in worker]
         rec.manifest["devices"] = devices
         rec.manifest["pids"] = cluster.pids
@@ -178,6 +197,7 @@ def scenario_sums(args: dict, rec: Recorder) -> None:
 
         rec.manifest["connections"] = loopback_connections([os.getpid(), *cluster.pids])
     rec.manifest["pids_after"] = {str(p): os.path.exists(f"/proc/{p}") for p in cluster.pids}
+    local_collective(rec, "after")
 
 
 def _fault_once(args: dict, rec: Recorder, how: str) -> None:

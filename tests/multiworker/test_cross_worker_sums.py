@@ -133,3 +133,13 @@ def test_cluster_traffic_stays_on_loopback_and_workers_are_gone(results, shape):
     off_loopback = [c for c in connections if not all(end.startswith("127.0.0.1:") for end in c)]
     assert off_loopback == []
     assert manifest["pids_after"] == {str(p): False for p in manifest["pids"]}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+def test_collective_on_the_callers_own_devices_survives_connecting(results, shape, when):
+    # Connecting changes the eager context; collective group keys start afresh each time.
+    _, arrays, case = _case(results, shape, f"local collective {when}")
+    outputs = [arrays[row[0]] for row in case["outputs"]]
+    _check_identical_and_exact(outputs, [np.full([7], float(i + 1)) for i in range(len(outputs))])
+    assert len(outputs) == 3

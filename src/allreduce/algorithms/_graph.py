@@ -43,3 +43,9 @@ def call_in_graph(
         with tf.device(device):
             placed.append(tf.identity(value))
     return placed
+
+
+def clear_cache() -> None:
+    """Drops every cached ``tf.function`` (they are traced again on their next call)."""
+    with _lock:
+        _cache.clear()

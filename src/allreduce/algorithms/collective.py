@@ -14,20 +14,38 @@ import weakref
 from collections.abc import Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms._graph import call_in_graph
+from allreduce.algorithms._graph import call_in_graph, clear_cache
 from allreduce.algorithms.base import BuildContext
 
 _lock = threading.Lock()
 _group_keys: dict[tuple[str, ...], int] = {}
+_next_group_keys = itertools.count(1)
 _instance_keys = itertools.count(1)
 _tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def group_key(devices: Sequence[str]) -> int:
-    """A stable group key for this set of devices (the same key in every call)."""
+    """A stable group key for this set of devices (the same key in every call until
+    :func:`forget_groups`)."""
     members = tuple(sorted(devices))
     with _lock:
-        return _group_keys.setdefault(members, len(_group_keys) + 1)
+        key = _group_keys.get(members)
+        if key is None:
+            key = _group_keys[members] = next(_next_group_keys)
+        return key
+
+
+def forget_groups() -> None:
+    """Gives every device set a new, never used group key from the next call on.
+
+    TensorFlow remembers each group's devices with their incarnations; once the eager
+    context changes (connecting to or leaving a cluster) an old key names stale
+    devices and its collectives abort. The cached ``tf.function``s that hold old keys
+    are dropped too.
+    """
+    with _lock:
+        _group_keys.clear()
+    clear_cache()
 
 
 def _next_instance_key() -> int:
