@@ -66,6 +66,12 @@ def test_format_rejects_invalid_tuples_saying_why(tuples: list, message: str) ->
         format_all_reduce_spec(tuples)
 
 
+def test_format_of_nothing_says_so() -> None:
+    with pytest.raises(ValueError) as info:
+        format_all_reduce_spec([])
+    assert str(info.value) == "cannot format an empty list of spec tuples"
+
+
 def test_format_error_names_the_tuple() -> None:
     with pytest.raises(ValueError, match=re.escape("spec tuple AllReduceSpecTuple(alg='rechd', shards=3")):
         format_all_reduce_spec([("rechd", 3, -1)])

@@ -1,0 +1,191 @@
+"""Mutation testing with mutmut: the pure layer, and the TensorFlow-emitting algorithm modules.
+
+    python tools/mutation.py pure                # spec, devices, ranges, schedules, registry
+    python tools/mutation.py algorithms          # ring, halving-doubling, shuffle, simple,
+                                                 # hierarchical, packing
+    python tools/mutation.py pure algorithms --min-score 90 --max-children 2
+
+Each target runs in its own copy of the tree, ``build/mutation/<target>/``, so that the two
+never share mutmut's state and the working tree is left alone. The ``pure`` target uses
+``[tool.mutmut]`` of ``pyproject.toml`` as it stands; ``algorithms`` replaces the files to
+mutate and the tests to run (see ``TARGETS``). Hypothesis runs the derandomized ``ci``
+profile, so that a run's verdicts repeat.
+
+A mutant counts as detected when a test fails or times out. The score is detected / all
+mutants (a mutant no test reaches counts as a survivor). The run prints every survivor's
+diff, writes them to ``build/mutation/<target>/report.md``, and exits 1 when a score is
+below ``--min-score``. ``docs/mutation.md`` explains the survivors of the last full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TextIO
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def say(*parts: object, stream: TextIO = sys.stdout) -> None:
+    stream.write(" ".join(str(p) for p in parts) + "\n")
+    stream.flush()
+
+
+STAGING = ROOT / "build" / "mutation"
+
+#: Settings that differ from ``[tool.mutmut]`` per target.
+TARGETS: dict[str, dict[str, list[str]]] = {
+    "pure": {},
+    "algorithms": {
+        "only_mutate": [
+            "src/allreduce/algorithms/ring.py",
+            "src/allreduce/algorithms/halving_doubling.py",
+            "src/allreduce/algorithms/shuffle.py",
+            "src/allreduce/algorithms/simple.py",
+            "src/allreduce/algorithms/hierarchical.py",
+            "src/allreduce/packing.py",
+        ],
+        "pytest_add_cli_args_test_selection": [
+            "tests/properties/test_algorithm_properties.py",
+            "tests/properties/test_packing_properties.py",
+        ],
+    },
+}
+DETECTED = {"killed", "timeout", "caught by type check", "segfault"}
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def pyproject_for(target: str) -> str:
+    """The project's pyproject.toml with ``[tool.mutmut]`` set for ``target``."""
+    text = (ROOT / "pyproject.toml").read_text()
+    config = dict(tomllib.loads(text)["tool"]["mutmut"])
+    config.update(TARGETS[target])
+    # Drop the table from its header to the next table header (or the end).
+    text = re.sub(r"(?ms)^\[tool\.mutmut\]\s*$.*?(?=^\[|\Z)", "", text).rstrip() + "\n"
+    table = "\n".join(f"{key} = {toml_value(value)}" for key, value in config.items())
+    return f"{text}\n[tool.mutmut]\n{table}\n"
+
+
+def stage(target: str, keep: bool) -> Path:
+    """Copies what the tests need into ``build/mutation/<target>``."""
+    where = STAGING / target
+    if where.exists() and not keep:
+        shutil.rmtree(where)
+    where.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    for folder in ("src", "tests"):
+        shutil.copytree(ROOT / folder, where / folder, ignore=ignore, dirs_exist_ok=True)
+    shutil.copy2(ROOT / "conftest.py", where / "conftest.py")
+    (where / "pyproject.toml").write_text(pyproject_for(target))
+    return where
+
+
+def mutmut(where: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HYPOTHESIS_PROFILE="ci", TF_CPP_MIN_LOG_LEVEL="2")
+    command = [sys.executable, "-m", "mutmut", *args]
+    if log is None:
+        return subprocess.run(command, cwd=where, env=env, capture_output=True, text=True, check=True)
+    with log.open("w") as out:
+        return subprocess.run(command, cwd=where, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def results(where: Path) -> dict[str, str]:
+    """Mutant name -> status, for every mutant of the last run."""
+    listing = mutmut(where, "results", "--all", "true").stdout
+    found = {}
+    for line in listing.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep and "__mutmut_" in name:
+            found[name] = status
+    return found
+
+
+def module_of(mutant: str) -> str:
+    """``allreduce.spec`` for ``allreduce.spec.x_parse__mutmut_3`` or ``...xǁClassǁmethod__mutmut_1``."""
+    return re.split(r"\.x[_\u01c1]", mutant, maxsplit=1)[0]
+
+
+def run_target(target: str, args: argparse.Namespace) -> float:
+    where = stage(target, args.keep)
+    log = where / "mutmut.log"
+    say(f"[{target}] mutmut run in {where.relative_to(ROOT)} (log: {log.relative_to(ROOT)})")
+    start = time.monotonic()
+    run = mutmut(where, "run", "--max-children", str(args.max_children), log=log)
+    minutes = (time.monotonic() - start) / 60
+    if run.returncode != 0:
+        say(log.read_text()[-4000:])
+        raise SystemExit(f"[{target}] mutmut run failed with exit code {run.returncode}")
+    statuses = results(where)
+    counts = Counter(statuses.values())
+    total = len(statuses)
+    detected = sum(n for status, n in counts.items() if status in DETECTED)
+    score = 100.0 * detected / total if total else 0.0
+    survivors = sorted(name for name, status in statuses.items() if status not in DETECTED)
+
+    lines = [f"# Mutation run: {target}", ""]
+    lines.append(f"{detected}/{total} mutants detected ({score:.1f} %) in {minutes:.1f} min; by status:")
+    lines += [f"- {status}: {n}" for status, n in sorted(counts.items())]
+    lines += ["", "| module | detected | total |", "| --- | --- | --- |"]
+    per_module: dict[str, Counter] = {}
+    for name, status in statuses.items():
+        per_module.setdefault(module_of(name), Counter())[status in DETECTED] += 1
+    for module, c in sorted(per_module.items()):
+        lines.append(f"| {module} | {c[True]} | {c[True] + c[False]} |")
+    lines += ["", f"## Survivors ({len(survivors)})", ""]
+    for name in survivors:
+        diff = mutmut(where, "show", name).stdout
+        changed = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+        lines += [f"### {name} ({statuses[name]})", "```diff", *changed, "```", ""]
+    report = "\n".join(lines)
+    (where / "report.md").write_text(report)
+    say(report)
+    return score
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="*", help=f"any of {', '.join(TARGETS)} (default: all)")
+    parser.add_argument("--min-score", type=float, default=90.0, help="fail below this percentage")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2, help="parallel mutants")
+    parser.add_argument("--keep", action="store_true", help="reuse the previous run's results (incremental)")
+    args = parser.parse_args(argv)
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown:
+        parser.error(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
+    if importlib.util.find_spec("mutmut") is None:
+        parser.error("mutmut is not installed here: pip install 'mutmut>=3.8' (tox -e mutation does)")
+    failed = []
+    for target in args.targets or list(TARGETS):
+        score = run_target(target, args)
+        say(f"[{target}] mutation score {score:.1f} % (floor {args.min_score:.0f} %)")
+        if score < args.min_score:
+            failed.append(target)
+    if failed:
+        say(f"mutation score below {args.min_score:.0f} % for: {', '.join(failed)}", stream=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
