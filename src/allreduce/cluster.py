@@ -254,10 +254,11 @@ class LocalCluster:
             try:
                 self._start(chosen, start_timeout_s)
                 break
-            except WorkerStartError as err:
+            except BaseException as err:  # Ctrl-C while starting too: no worker is left behind
                 self._stop_workers()
                 # Ports picked here may be taken by another program before the servers bind them.
-                if ports is not None or attempt == _START_ATTEMPTS or _BIND_FAILURE not in err.stderr:
+                taken = isinstance(err, WorkerStartError) and _BIND_FAILURE in err.stderr
+                if not taken or ports is not None or attempt == _START_ATTEMPTS:
                     raise
                 log.info("a worker port was taken meanwhile; retrying with new ports (%s)", err)
 
@@ -298,7 +299,7 @@ class LocalCluster:
                     raise w.error("start failed", f"could not start: it {how}", WorkerStartError)
             if time.monotonic() > deadline:
                 late = next(w for w in self._workers if not w.ready.is_set())
-                raise late.error("start failed", f"was not ready after {timeout_s:.0f} s", WorkerStartError)
+                raise late.error("start failed", f"was not ready after {timeout_s:g} s", WorkerStartError)
             time.sleep(_POLL_S)
         log.info("started %d workers at %s", len(addresses), ", ".join(addresses))
 

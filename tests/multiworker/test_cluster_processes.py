@@ -156,6 +156,27 @@ def test_worker_that_cannot_start_reports_its_error_output():
     assert "Could not start gRPC server" in str(info.value)
 
 
+def test_port_taken_after_it_was_picked_is_retried(monkeypatch):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    picks = []
+    real = cluster_module._free_ports
+
+    def pick(count):
+        picks.append(count)
+        return [taken.getsockname()[1]] if len(picks) == 1 else real(count)
+
+    monkeypatch.setattr(cluster_module, "_free_ports", pick)
+    try:
+        with local_cluster(1, 1, connect=False) as cluster:
+            assert cluster.addresses != [f"127.0.0.1:{taken.getsockname()[1]}"]
+            assert cluster.run(lambda: "up") == "up"
+    finally:
+        taken.close()
+    assert picks == [1, 1]
+
+
 def test_start_timeout_reports_the_late_worker():
     with (
         pytest.raises(WorkerStartError, match=r"worker \d .* not ready after"),
