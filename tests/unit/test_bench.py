@@ -256,22 +256,29 @@ def _graph_ops(build):
 def test_a_cpu_sum_of_more_than_two_takes_no_input_from_its_own_device():
     import tensorflow as tf
 
-    from allreduce.algorithms.base import sum_on
+    from allreduce.algorithms.base import HOP_MIN_BYTES, sum_on
+
+    large = HOP_MIN_BYTES // 4
 
     def build():
-        values = []
+        values, small = [], []
         for device in CPUS:
             with tf.device(device):
-                values.append(tf.ones([64]))
-        return sum_on(values, CPUS, CPUS[0]), sum_on(values[:2], CPUS[:2], CPUS[0])
+                values.append(tf.ones([large]))
+                small.append(tf.ones([large - 1]))
+        return (
+            sum_on(values, CPUS, CPUS[0]),
+            sum_on(values[:2], CPUS[:2], CPUS[0]),
+            sum_on(small, CPUS, CPUS[0]),
+        )
 
-    add_ns = [op for op in _graph_ops(build) if op.type == "AddN"]
-    wide, narrow = sorted(add_ns, key=lambda op: -len(op.inputs))
-    assert len(wide.inputs) == 4 and wide.device == CPUS[0]
+    add_ns = {(len(op.inputs), op.inputs[0].shape[0]): op for op in _graph_ops(build) if op.type == "AddN"}
+    wide, narrow, small = add_ns[4, large], add_ns[2, large], add_ns[4, large - 1]
+    assert wide.device == CPUS[0]
     assert all(t.op.device != CPUS[0] for t in wide.inputs)
     hops = [t.op for t in wide.inputs if t.op.type == "EnsureShape"]
     assert len(hops) == 1 and hops[0].inputs[0].op.device == CPUS[0]
-    assert not any(t.op.type == "EnsureShape" for t in narrow.inputs)
+    assert not any(t.op.type == "EnsureShape" for t in [*narrow.inputs, *small.inputs])
 
 
 def test_aligned_splits_cut_rows_of_a_2d_view_and_others_cut_the_vector():

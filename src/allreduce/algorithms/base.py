@@ -12,6 +12,7 @@ from allreduce.schedules import split_sizes
 
 __all__ = [
     "ALIGN_BYTES",
+    "HOP_MIN_BYTES",
     "BuildContext",
     "aligned_split_sizes",
     "broadcast",
@@ -94,6 +95,10 @@ def broadcast(value: tf.Tensor, devices: Sequence[str]) -> list[tf.Tensor]:
 ALIGN_BYTES = 64
 
 
+#: Sums of tensors this large hand inputs on the summing CPU to another CPU (:func:`sum_on`).
+HOP_MIN_BYTES = 1 << 20
+
+
 def aligned_split_sizes(length: int, parts: int, itemsize: int) -> list[int]:
     """Near-equal sizes of ``parts`` pieces of ``length`` elements, each a multiple of
     :data:`ALIGN_BYTES` when ``length`` is, so that :func:`split_on` copies nothing;
@@ -165,11 +170,14 @@ def sum_on(values: Sequence[tf.Tensor], value_devices: Sequence[str], device: st
     256 MiB it assumes for a CPU: 2-3x slower for tensors of tens of MB. On a CPU, an
     input on the summing device is therefore first handed to another CPU of the same
     worker through a no-op (``EnsureShape``, which Grappler keeps); CPUs of one process
-    share memory, so that moves no bytes. The sum and its bits are unchanged.
+    share memory, so that moves no bytes. The sum and its bits are unchanged. Below
+    :data:`HOP_MIN_BYTES` a rewrite costs little and the extra op would cost more.
     """
     values = list(values)
     target = parse_device_name(device)
-    hop = _other_cpu_of_worker(target, value_devices) if len(values) > 2 else None
+    size = values[0].shape.num_elements() or 0
+    large = len(values) > 2 and size * values[0].dtype.size >= HOP_MIN_BYTES
+    hop = _other_cpu_of_worker(target, value_devices) if large else None
     if hop is not None:
         for i, (value, where) in enumerate(zip(values, value_devices)):
             if parse_device_name(where) == target:
