@@ -251,16 +251,22 @@ def _fault_once(args: dict, rec: Recorder, how: str) -> None:
         injector.join(10)
         record["inputs_unchanged"] = all(np.array_equal(v, c) for v, c in zip(values, copies))
         # Inputs that live on the surviving worker are still intact there. The cluster
-        # refuses new calls after a fault, so read them directly, with a bound.
+        # refuses new calls after a fault, so read them directly, with a bound. Reads
+        # queue behind the ops that wait for a frozen worker: end those first.
+        if how == "stop":
+            cluster.kill(1)
         survivors: list = []
         reader = threading.Thread(
             target=lambda: survivors.extend(tensor_values(t) for t in tensors[:2]), daemon=True
         )
         reader.start()
-        reader.join(20)
-        record["survivor_inputs_equal"] = len(survivors) == 2 and all(
-            np.array_equal(s, c) for s, c in zip(survivors, copies)
-        )
+        reader.join(30)
+        if reader.is_alive():
+            record["survivor_inputs_equal"] = "not read within 30 s"
+        else:
+            record["survivor_inputs_equal"] = len(survivors) == 2 and all(
+                np.array_equal(s, c) for s, c in zip(survivors, copies)
+            )
         try:
             cluster.run(lambda: None)
             record["refuses_after_fault"] = False
