@@ -143,7 +143,7 @@ class _Worker:
             str(cpus),
             str(os.getpid()),
         ]
-        # A new session: Ctrl-C reaches the parent only, which then stops every worker.
+        # Its own process group: Ctrl-C reaches the parent only, which then stops every worker.
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,

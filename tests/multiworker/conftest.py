@@ -1,4 +1,4 @@
-"""Helpers for the multi-worker tests: the client process and checks on child processes.
+"""Shared code of the multi-worker tests: the client process and checks on child processes.
 
 Tests that connect to a cluster run ``_client.py`` in a fresh process (connecting changes
 a process's eager context for good, and this pytest process has its own 8 logical CPUs).
