@@ -1,4 +1,5 @@
-"""Leak checks: a test run must not leave threads, processes or servers behind.
+"""Leak checks (a test run must not leave threads or processes behind), and the
+Hypothesis profile of mutation runs.
 
 TensorFlow starts daemon threads of its own (and C++ threads Python never sees), so the
 check looks at what tests and the library can leak:
@@ -23,6 +24,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
+
+# Mutation runs (tools/mutation.py) set ALLREDUCE_MUTATION_EXAMPLES: the ``ci`` profile
+# (derandomized, so that verdicts repeat) with that many examples, no example database
+# and no shrinking, since a mutant needs one failing example, not a minimal one.
+if os.environ.get("ALLREDUCE_MUTATION_EXAMPLES"):
+    settings.register_profile(
+        "mutation",
+        settings.get_profile("ci"),
+        max_examples=int(os.environ["ALLREDUCE_MUTATION_EXAMPLES"]),
+        database=None,
+        phases=(Phase.explicit, Phase.generate),
+    )
+    settings.load_profile("mutation")
 
 MARKER = "ALLREDUCE_TEST_RUN"
 #: How long processes and threads that are shutting down get to finish.
