@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from allreduce._tf import tf as _tf  # noqa: F401  (fails early with install advice)
 from allreduce.api import all_reduce, batch_all_reduce
+from allreduce.cluster import WorkerError, local_cluster
 from allreduce.compat import (
     aggregate_gradients_using_copy_with_device_selection,
     aggregate_single_gradient,
@@ -43,6 +44,7 @@ __all__ = [
     "AllReduceSpecTuple",
     "GradPackTuple",
     "SpecCrossDeviceOps",
+    "WorkerError",
     "aggregate_gradients_using_copy_with_device_selection",
     "aggregate_single_gradient",
     "algorithm_names",
@@ -53,6 +55,7 @@ __all__ = [
     "format_all_reduce_spec",
     "get_algorithm",
     "group_device_names",
+    "local_cluster",
     "pack_range",
     "pack_small_tensors",
     "parse_all_reduce_spec",
