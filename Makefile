@@ -33,7 +33,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x --no-cov -m "not multiworker"
 
-LINT_PATHS := $(wildcard src tests benchmarks examples conftest.py)
+LINT_PATHS := $(wildcard src tests benchmarks examples tools conftest.py)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -109,8 +109,8 @@ def _reduce_one(
     info = get_algorithm(spec_tuple.alg)
     shape = tensors[0].shape
     length = shape.num_elements()
-    if length == 0 or not info.reduces:
-        # Nothing to add (or the no-reduction baseline): a copy of each input.
+    if length == 0:
+        # Nothing to add: a copy of each input.
         out = []
         for t, d in zip(tensors, devices):
             with tf.device(d):
@@ -132,7 +132,7 @@ def _reduce_one(
     n = len(tensors)
     for s, d in zip(summed, devices):
         with tf.device(d):
-            if reduction == "mean" and n > 1:
+            if reduction == "mean" and n > 1 and info.reduces:
                 s = tf.math.truediv(s, tf.constant(n, dtype=s.dtype))
             out.append(tf.reshape(s, shape))
     return out

@@ -203,3 +203,29 @@ def test_batch_all_reduce_matches_numpy_sum(case: dict) -> None:
         }
         inputs = [to_float64(towers[d][i]) for d in range(n)]
         check_outputs(column, inputs, [result[d][i] for d in range(n)], [placed[d][i] for d in range(n)])
+
+
+UNPLACED_OP_TYPES = {"Placeholder", "NoOp"}
+
+
+@pytest.mark.parametrize(
+    "spec", [*CPU_REDUCING, "trivial", "xring#3", "pscpu#2", "pscpu/xring", "rechd/pscpu"]
+)
+@pytest.mark.parametrize("n", [3, 5])
+def test_every_op_is_placed_explicitly(spec: str, n: int) -> None:
+    # Ops without a device would go wherever TensorFlow's placer puts them; every op the
+    # library emits names its device (the outputs' device-less wrappers come from tf.function).
+    devices = [cpu(i) for i in range(n)]
+    tensors = [make_tensor(np.ones([10]), tf.float32, d) for d in devices]
+    function = tf.function(
+        lambda *xs: allreduce.all_reduce(list(xs), spec, devices=devices, reduction="mean"),
+        autograph=False,
+    )
+    graph = function.get_concrete_function(*tensors).graph
+    outputs = {t.op.name for t in graph.outputs}
+    unplaced = [
+        f"{op.type} {op.name}"
+        for op in graph.get_operations()
+        if not op.device and op.type not in UNPLACED_OP_TYPES and op.name not in outputs
+    ]
+    assert unplaced == []
