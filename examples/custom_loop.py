@@ -13,7 +13,6 @@ the replicas stay identical without ever copying weights.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
 from typing import NamedTuple
@@ -24,24 +23,19 @@ import numpy as np
 import tensorflow as tf
 
 import allreduce
+from allreduce.local_devices import logical_devices
 
 FEATURES, HIDDEN, CLASSES = 16, 32, 4
 PER_DEVICE_BATCH = 32
 
 
 def use_logical_cpus(count: int) -> list[str]:
-    """Splits the CPU into ``count`` logical devices; this must run before TensorFlow starts.
-
-    Where the runtime has already started (e.g. this module imported by a test process),
-    the logical CPUs it has are used.
-    """
-    cpus = tf.config.list_physical_devices("CPU")
-    with contextlib.suppress(RuntimeError):  # the runtime has started: keep its devices
-        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    if len(devices) < count:
-        raise SystemExit(f"wanted {count} logical CPUs, the runtime has {len(devices)}")
-    return devices[:count]
+    """``count`` logical CPUs; where the runtime has already started (this module
+    imported by a test process), the logical CPUs it has are used."""
+    try:
+        return logical_devices(count)
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from None
 
 
 def make_data(samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

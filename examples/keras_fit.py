@@ -23,24 +23,19 @@ import tensorflow as tf
 
 import allreduce
 from allreduce.cross_device_ops import SpecCrossDeviceOps
+from allreduce.local_devices import logical_devices
 
 VOCAB, LENGTH, FEATURES, CLASSES = 500, 10, 8, 4
 GLOBAL_BATCH = 128
 
 
 def use_logical_cpus(count: int) -> list[str]:
-    """Splits the CPU into ``count`` logical devices; this must run before TensorFlow starts.
-
-    Where the runtime has already started (e.g. this module imported by a test process),
-    the logical CPUs it has are used.
-    """
-    cpus = tf.config.list_physical_devices("CPU")
-    with contextlib.suppress(RuntimeError):  # the runtime has started: keep its devices
-        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    if len(devices) < count:
-        raise SystemExit(f"wanted {count} logical CPUs, the runtime has {len(devices)}")
-    return devices[:count]
+    """``count`` logical CPUs; where the runtime has already started (this module
+    imported by a test process), the logical CPUs it has are used."""
+    try:
+        return logical_devices(count)
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from None
 
 
 def make_dataset(samples: int, seed: int) -> tf.data.Dataset:

@@ -21,6 +21,7 @@ from allreduce.compat import (
 )
 from allreduce.cross_device_ops import SpecCrossDeviceOps
 from allreduce.devices import build_all_reduce_device_prefixes, group_device_names
+from allreduce.local_devices import logical_devices
 from allreduce.packing import (
     GradPackTuple,
     pack_range,
@@ -56,6 +57,7 @@ __all__ = [
     "get_algorithm",
     "group_device_names",
     "local_cluster",
+    "logical_devices",
     "pack_range",
     "pack_small_tensors",
     "parse_all_reduce_spec",

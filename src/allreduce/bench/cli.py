@@ -156,32 +156,14 @@ def _resolve_options(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 def _local_devices(count: int, device_type: str) -> list[str]:
-    """``count`` full device names; splits the CPU (or a single GPU) into logical devices
-    when TensorFlow's runtime has not started yet."""
-    from allreduce._tf import tf
+    """``count`` full device names, split from one CPU or GPU where still possible."""
+    from allreduce.local_devices import logical_devices
 
-    physical = tf.config.list_physical_devices(device_type)
-    if not physical:
-        raise RuntimeError(f"no {device_type} visible to TensorFlow")
-    configs = None
-    if device_type == "CPU":
-        configs = [tf.config.LogicalDeviceConfiguration()] * count
-    elif len(physical) == 1 and count > 1:
-        memory = int(os.environ.get("ALLREDUCE_BENCH_GPU_MEMORY_MB", "4096"))
-        configs = [tf.config.LogicalDeviceConfiguration(memory_limit=memory)] * count
-    # An existing split (e.g. a test session's) is kept: changing it would break its users.
-    if configs is not None and tf.config.get_logical_device_configuration(physical[0]) is None:
-        try:
-            tf.config.set_logical_device_configuration(physical[0], configs)
-        except RuntimeError:
-            logger.info("TensorFlow's runtime is already initialised: using its logical devices")
-    logical = tf.config.list_logical_devices(device_type)
-    if len(logical) < count:
-        raise RuntimeError(
-            f"--devices {count}: TensorFlow has {len(logical)} logical {device_type} device(s) "
-            "and its runtime started before they could be split; run in a fresh process"
-        )
-    return [f"/job:localhost/replica:0/task:0/device:{device_type}:{i}" for i in range(count)]
+    memory = int(os.environ.get("ALLREDUCE_BENCH_GPU_MEMORY_MB", "4096"))
+    try:
+        return logical_devices(count, device_type, gpu_memory_mb=memory)
+    except RuntimeError as err:
+        raise RuntimeError(f"--devices {count}: {err}") from None
 
 
 def _model_shapes(name: str) -> list[tuple[int, ...]]:
