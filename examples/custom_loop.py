@@ -23,19 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 import allreduce
-from allreduce.local_devices import logical_devices
 
 FEATURES, HIDDEN, CLASSES = 16, 32, 4
 PER_DEVICE_BATCH = 32
-
-
-def use_logical_cpus(count: int) -> list[str]:
-    """``count`` logical CPUs; where the runtime has already started (this module
-    imported by a test process), the logical CPUs it has are used."""
-    try:
-        return logical_devices(count)
-    except RuntimeError as err:
-        raise SystemExit(str(err)) from None
 
 
 def make_data(samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +119,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="training steps (default %(default)s)")
     parser.add_argument("--max-bytes", type=int, default=1024, help="pack gradients up to this size (bytes)")
     args = parser.parse_args()
-    devices = use_logical_cpus(args.devices)
+    devices = allreduce.logical_devices(args.devices)
     print(f"{len(devices)} replicas, spec {args.spec!r}, packing gradients of at most {args.max_bytes} bytes")
     start = time.perf_counter()
     history = train(devices, args.spec, args.steps, args.max_bytes)

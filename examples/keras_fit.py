@@ -23,19 +23,9 @@ import tensorflow as tf
 
 import allreduce
 from allreduce.cross_device_ops import SpecCrossDeviceOps
-from allreduce.local_devices import logical_devices
 
 VOCAB, LENGTH, FEATURES, CLASSES = 500, 10, 8, 4
 GLOBAL_BATCH = 128
-
-
-def use_logical_cpus(count: int) -> list[str]:
-    """``count`` logical CPUs; where the runtime has already started (this module
-    imported by a test process), the logical CPUs it has are used."""
-    try:
-        return logical_devices(count)
-    except RuntimeError as err:
-        raise SystemExit(str(err)) from None
 
 
 def make_dataset(samples: int, seed: int) -> tf.data.Dataset:
@@ -88,7 +78,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs (default %(default)s)")
     parser.add_argument("--pack-max-bytes", type=int, default=4096, help="pack gradients up to this size")
     args = parser.parse_args()
-    devices = use_logical_cpus(args.devices)
+    devices = allreduce.logical_devices(args.devices)
 
     ops = SpecCrossDeviceOps(args.spec, pack_max_bytes=args.pack_max_bytes, check_finite=True)
     strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=ops)

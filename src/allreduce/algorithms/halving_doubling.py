@@ -24,23 +24,23 @@ def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildCo
         with tf.device(devices[partner]):
             held[partner] = tf.add(held[partner], held[extra])
     core = held[: plan.core]
-    bounds = [(0, values[0].shape[0])] * plan.core
     for d, after in zip(plan.distances, plan.intervals):
         halves = []
         for i in range(plan.core):
-            start, stop = bounds[i]
-            middle = start + (stop - start + 1) // 2
-            halves.append(split_on(core[i], devices[i], [middle - start, stop - middle]))
+            # After the round, the partner without bit d holds the lower half.
+            lower, upper = sorted((after[i], after[i ^ d]))
+            halves.append(split_on(core[i], devices[i], [lower[1] - lower[0], upper[1] - upper[0]]))
         reduced = []
         for i in range(plan.core):
             keep = 0 if i & d == 0 else 1
             with tf.device(devices[i]):
                 reduced.append(tf.add(halves[i][keep], halves[i ^ d][keep]))
-        core, bounds = reduced, after
+        core = reduced
     if shares_memory(devices[: plan.core]) and plan.distances:
         # Doubling only moves the reduced pieces; where the devices share memory that
         # is free, and one concatenation of all the pieces replaces log2(n) rounds.
-        ordered = [core[i] for i in sorted(range(plan.core), key=lambda i: bounds[i])]
+        final = plan.intervals[-1]
+        ordered = [core[i] for i in sorted(range(plan.core), key=lambda i: final[i])]
         core = concat_each([ordered] * plan.core, devices[: plan.core])
     else:
         for d in reversed(plan.distances):
