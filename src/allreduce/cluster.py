@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from allreduce._tf import tf
 from allreduce._worker import JOB_NAME
-from allreduce.algorithms.collective import forget_groups
+from allreduce.runtime_hooks import context_changed
 
 __all__ = [
     "DEFAULT_OP_TIMEOUT_S",
@@ -417,7 +417,7 @@ class LocalCluster:
             timeout_s=timeout_s,
         )
         self._connected = True
-        forget_groups()
+        context_changed()
         known = {d.name for d in tf.config.list_logical_devices()}
         missing = [d for worker in self.devices for d in worker if d not in known]
         if missing:
@@ -439,7 +439,7 @@ class LocalCluster:
         thread.join(10.0)
         if thread.is_alive():
             log.warning("disconnecting from the cluster did not finish within 10 s")
-        forget_groups()
+        context_changed()
 
     def _stop_workers(self) -> None:
         for worker in self._workers:

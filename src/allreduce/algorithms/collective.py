@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from allreduce._tf import tf
 from allreduce.algorithms._graph import call_in_graph, clear_cache
 from allreduce.algorithms.base import BuildContext
+from allreduce.runtime_hooks import on_context_change
 
 _lock = threading.Lock()
 _group_keys: dict[tuple[str, ...], int] = {}
@@ -35,6 +36,7 @@ def group_key(devices: Sequence[str]) -> int:
         return key
 
 
+@on_context_change
 def forget_groups() -> None:
     """Gives every device set a new, never used group key from the next call on.
 
