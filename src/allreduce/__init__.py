@@ -4,67 +4,91 @@
 >>> results = allreduce.all_reduce(tensors, "xring#2")        # doctest: +SKIP
 
 The pure planning layer (:mod:`allreduce.spec`, :mod:`allreduce.devices`,
-:mod:`allreduce.ranges`, :mod:`allreduce.schedules`, :mod:`allreduce.registry`) needs no
-graph; :mod:`allreduce.algorithms` holds one module per algorithm.
+:mod:`allreduce.ranges`, :mod:`allreduce.schedules`, :mod:`allreduce.registry`) needs
+neither a graph nor TensorFlow: ``import allreduce.spec`` works where TensorFlow is not
+installed. The public names below are loaded on first use; a name that needs TensorFlow
+raises an ``ImportError`` with install advice when TensorFlow is missing.
+:mod:`allreduce.algorithms` holds one module per algorithm.
 """
 
 from __future__ import annotations
 
-from allreduce._tf import tf as _tf  # noqa: F401  (fails early with install advice)
-from allreduce.api import all_reduce, batch_all_reduce
-from allreduce.cluster import WorkerError, local_cluster
-from allreduce.compat import (
-    aggregate_gradients_using_copy_with_device_selection,
-    aggregate_single_gradient,
-    sum_grad_and_var_all_reduce,
-    sum_gradients_all_reduce,
-)
-from allreduce.cross_device_ops import SpecCrossDeviceOps
-from allreduce.devices import build_all_reduce_device_prefixes, group_device_names
-from allreduce.local_devices import logical_devices
-from allreduce.packing import (
-    GradPackTuple,
-    pack_range,
-    pack_small_tensors,
-    split_grads_by_size,
-    unpack_grad_tuple,
-    unpack_small_tensors,
-)
-from allreduce.ranges import extract_ranges
-from allreduce.registry import algorithm_names, get_algorithm
-from allreduce.spec import (
-    AllReduceSpecTuple,
-    format_all_reduce_spec,
-    parse_all_reduce_spec,
-    parse_general_int,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AllReduceSpecTuple",
-    "GradPackTuple",
-    "SpecCrossDeviceOps",
-    "WorkerError",
-    "aggregate_gradients_using_copy_with_device_selection",
-    "aggregate_single_gradient",
-    "algorithm_names",
-    "all_reduce",
-    "batch_all_reduce",
-    "build_all_reduce_device_prefixes",
-    "extract_ranges",
-    "format_all_reduce_spec",
-    "get_algorithm",
-    "group_device_names",
-    "local_cluster",
-    "logical_devices",
-    "pack_range",
-    "pack_small_tensors",
-    "parse_all_reduce_spec",
-    "parse_general_int",
-    "split_grads_by_size",
-    "sum_grad_and_var_all_reduce",
-    "sum_gradients_all_reduce",
-    "unpack_grad_tuple",
-    "unpack_small_tensors",
-]
+#: Each public name and the module that defines it.
+_EXPORTS = {
+    "all_reduce": "allreduce.api",
+    "batch_all_reduce": "allreduce.api",
+    "WorkerError": "allreduce.cluster",
+    "local_cluster": "allreduce.cluster",
+    "aggregate_gradients_using_copy_with_device_selection": "allreduce.compat",
+    "aggregate_single_gradient": "allreduce.compat",
+    "sum_grad_and_var_all_reduce": "allreduce.compat",
+    "sum_gradients_all_reduce": "allreduce.compat",
+    "SpecCrossDeviceOps": "allreduce.cross_device_ops",
+    "build_all_reduce_device_prefixes": "allreduce.devices",
+    "group_device_names": "allreduce.devices",
+    "logical_devices": "allreduce.local_devices",
+    "GradPackTuple": "allreduce.packing",
+    "pack_range": "allreduce.packing",
+    "pack_small_tensors": "allreduce.packing",
+    "split_grads_by_size": "allreduce.packing",
+    "unpack_grad_tuple": "allreduce.packing",
+    "unpack_small_tensors": "allreduce.packing",
+    "extract_ranges": "allreduce.ranges",
+    "algorithm_names": "allreduce.registry",
+    "get_algorithm": "allreduce.registry",
+    "AllReduceSpecTuple": "allreduce.spec",
+    "format_all_reduce_spec": "allreduce.spec",
+    "parse_all_reduce_spec": "allreduce.spec",
+    "parse_general_int": "allreduce.spec",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Loads a public name from its module on first use (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'allreduce' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from allreduce.api import all_reduce, batch_all_reduce
+    from allreduce.cluster import WorkerError, local_cluster
+    from allreduce.compat import (
+        aggregate_gradients_using_copy_with_device_selection,
+        aggregate_single_gradient,
+        sum_grad_and_var_all_reduce,
+        sum_gradients_all_reduce,
+    )
+    from allreduce.cross_device_ops import SpecCrossDeviceOps
+    from allreduce.devices import build_all_reduce_device_prefixes, group_device_names
+    from allreduce.local_devices import logical_devices
+    from allreduce.packing import (
+        GradPackTuple,
+        pack_range,
+        pack_small_tensors,
+        split_grads_by_size,
+        unpack_grad_tuple,
+        unpack_small_tensors,
+    )
+    from allreduce.ranges import extract_ranges
+    from allreduce.registry import algorithm_names, get_algorithm
+    from allreduce.spec import (
+        AllReduceSpecTuple,
+        format_all_reduce_spec,
+        parse_all_reduce_spec,
+        parse_general_int,
+    )

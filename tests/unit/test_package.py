@@ -14,22 +14,49 @@ def test_public_names_resolve() -> None:
         assert getattr(allreduce, name) is not None, name
 
 
-def test_import_without_tensorflow_says_which_extra_to_install() -> None:
-    code = textwrap.dedent(
+def _without_tensorflow(body: str) -> subprocess.CompletedProcess:
+    """Runs ``body`` in a fresh interpreter in which ``import tensorflow`` fails."""
+    code = 'import sys\nsys.modules["tensorflow"] = None  # makes "import tensorflow" fail\n'
+    code += textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_pure_layer_imports_without_tensorflow() -> None:
+    result = _without_tensorflow(
         """
-        import sys
-        sys.modules["tensorflow"] = None  # makes "import tensorflow" fail
+        import allreduce
+        from allreduce import spec, devices, ranges, schedules, registry
+        assert spec.parse_all_reduce_spec("pscpu:2k:xring#2")[1].shards == 2
+        assert allreduce.parse_all_reduce_spec("rechd")[0].alg == "rechd"
+        assert "tensorflow" not in sys.modules or sys.modules["tensorflow"] is None
+        print("pure ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pure ok" in result.stdout
+
+
+def test_tensorflow_names_without_tensorflow_say_which_extra_to_install() -> None:
+    result = _without_tensorflow(
+        """
+        import allreduce
         try:
-            import allreduce
+            allreduce.all_reduce
         except ImportError as err:
             print(err)
         else:
-            raise SystemExit("imported without TensorFlow")
+            raise SystemExit("all_reduce loaded without TensorFlow")
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "allreduce[cpu]" in result.stdout and "allreduce[gpu]" in result.stdout
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    import pytest
+
+    with pytest.raises(AttributeError, match="no_such_name"):
+        allreduce.no_such_name  # noqa: B018
 
 
 def test_library_never_prints(capsys) -> None:
