@@ -14,7 +14,7 @@ raises an ``ImportError`` with install advice when TensorFlow is missing.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -62,33 +62,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
-
-
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from allreduce.api import all_reduce, batch_all_reduce
-    from allreduce.cluster import WorkerError, local_cluster
-    from allreduce.compat import (
-        aggregate_gradients_using_copy_with_device_selection,
-        aggregate_single_gradient,
-        sum_grad_and_var_all_reduce,
-        sum_gradients_all_reduce,
-    )
-    from allreduce.cross_device_ops import SpecCrossDeviceOps
-    from allreduce.devices import build_all_reduce_device_prefixes, group_device_names
-    from allreduce.local_devices import logical_devices
-    from allreduce.packing import (
-        GradPackTuple,
-        pack_range,
-        pack_small_tensors,
-        split_grads_by_size,
-        unpack_grad_tuple,
-        unpack_small_tensors,
-    )
-    from allreduce.ranges import extract_ranges
-    from allreduce.registry import algorithm_names, get_algorithm
-    from allreduce.spec import (
-        AllReduceSpecTuple,
-        format_all_reduce_spec,
-        parse_all_reduce_spec,
-        parse_general_int,
-    )
