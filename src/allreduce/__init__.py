@@ -23,6 +23,7 @@ _EXPORTS = {
     "all_reduce": "allreduce.api",
     "batch_all_reduce": "allreduce.api",
     "WorkerError": "allreduce.cluster",
+    "connect": "allreduce.cluster",
     "local_cluster": "allreduce.cluster",
     "aggregate_gradients_using_copy_with_device_selection": "allreduce.compat",
     "aggregate_single_gradient": "allreduce.compat",

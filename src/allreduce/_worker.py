@@ -2,24 +2,53 @@
 
 Run as ``python -m allreduce._worker CLUSTER_JSON TASK CPUS PARENT_PID``. It starts a
 ``tf.distribute.Server`` for ``/job:worker/task:TASK`` with ``CPUS`` logical CPUs, writes
-``ready`` on stdout, then a heartbeat line every :data:`HEARTBEAT_S` seconds. It exits
-as soon as its stdin reaches end-of-file (the parent closed the pipe or died) or its
-parent changes, so that it never outlives the process that started it.
+``ready`` on stdout, then a heartbeat line every :data:`HEARTBEAT_S` seconds.
+
+It never outlives the process that started it. On Linux, its first act asks the kernel
+to send it ``SIGKILL`` when its parent dies (``prctl(PR_SET_PDEATHSIG)``), which reaches
+it even while it is stopped (``SIGSTOP``) or busy; it then checks that the parent is
+still the one it was started by, since the parent may have died before the request.
+Strictly, the kernel watches the parent *thread* that started the process. Elsewhere,
+and as a second line, it exits when its stdin reaches end-of-file (the parent closed
+the pipe or died) or its parent changes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import select
+import signal
 import sys
 
 HEARTBEAT_S = 0.25
 JOB_NAME = "worker"
+#: ``PR_SET_PDEATHSIG`` from ``<linux/prctl.h>``.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> bool:
+    """Asks Linux to kill this process when ``parent`` dies; exits at once if it already has.
+
+    Returns whether the kernel took the request (``False`` on other systems).
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+            armed = False
+    if os.getppid() != parent:  # the parent died before the request: nobody would send it
+        os._exit(1)
+    return armed
 
 
 def main(argv: list[str]) -> None:  # pragma: no cover - runs in the worker processes
-    cluster, task, cpus, parent = json.loads(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
+    parent = int(argv[3])
+    die_with_parent(parent)
+    cluster, task, cpus = json.loads(argv[0]), int(argv[1]), int(argv[2])
     stdin = sys.stdin.buffer.fileno()
     out = sys.stdout.buffer
     from allreduce._tf import tf

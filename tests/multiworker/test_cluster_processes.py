@@ -16,7 +16,7 @@ import threading
 import pytest
 import tensorflow as tf
 
-from allreduce import cluster as cluster_module
+from allreduce import _connection, _supervisor
 from allreduce.cluster import LocalCluster, WorkerError, WorkerStartError, local_cluster
 
 from .conftest import ROOT, process_gone, wait_gone
@@ -63,7 +63,7 @@ def test_run_returns_the_result_and_passes_on_the_callers_own_errors(healthy):
 def test_kill_and_run_check_their_arguments(healthy):
     with pytest.raises(ValueError, match=r"task must be 0\.\.1, got 2"):
         healthy.kill(2)
-    with pytest.raises(ValueError, match="timeout_s must be positive"):
+    with pytest.raises(ValueError, match="timeout_s must be a positive"):
         healthy.run(lambda: None, timeout_s=0)
 
 
@@ -85,21 +85,24 @@ def test_worker_killed_during_a_call_is_named():
     assert all(process_gone(p) for p in pids)
 
 
-def test_frozen_worker_is_named_and_still_stopped_on_exit():
+def test_frozen_worker_is_named_and_fenced():
     with local_cluster(2, 1, op_timeout_s=60, connect=False) as cluster:
         release = threading.Event()
         threading.Timer(0.5, cluster.kill, args=(0, signal.SIGSTOP)).start()
-        with pytest.raises(WorkerError, match=r"worker 0 .* stopped") as info:
+        with pytest.raises(WorkerError, match=r"worker 0 .* stopped .*killed it") as info:
             cluster.run(_wait_on, release)
         release.set()
         assert (info.value.task, info.value.reason) == (0, "stopped")
+        # The watchdog killed the frozen worker, so that calls waiting on it fail.
+        assert wait_gone([cluster.pids[0]], bound_s=10) == []
+        assert not process_gone(cluster.pids[1])
         pids = cluster.pids
     assert all(process_gone(p) for p in pids)
 
 
 def test_silent_heartbeat_means_unresponsive(monkeypatch):
     # Without /proc (other systems), a frozen worker is found by its missing heartbeat.
-    monkeypatch.setattr(cluster_module, "_process_state", lambda pid: None)
+    monkeypatch.setattr(_supervisor, "process_state", lambda pid: None)
     with local_cluster(2, 1, unresponsive_s=1.0, connect=False) as cluster:
         release = threading.Event()
         threading.Timer(0.2, cluster.kill, args=(1, signal.SIGSTOP)).start()
@@ -161,13 +164,13 @@ def test_port_taken_after_it_was_picked_is_retried(monkeypatch):
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     picks = []
-    real = cluster_module._free_ports
+    real = _supervisor.free_ports
 
     def pick(count):
         picks.append(count)
         return [taken.getsockname()[1]] if len(picks) == 1 else real(count)
 
-    monkeypatch.setattr(cluster_module, "_free_ports", pick)
+    monkeypatch.setattr(_supervisor, "free_ports", pick)
     try:
         with local_cluster(1, 1, connect=False) as cluster:
             assert cluster.addresses != [f"127.0.0.1:{taken.getsockname()[1]}"]
@@ -193,7 +196,7 @@ def test_start_timeout_reports_the_late_worker():
         ({"devices_per_worker": "2"}, TypeError, "devices_per_worker must be an int"),
         ({"op_timeout_s": 0}, ValueError, "op_timeout_s must be a positive"),
         ({"unresponsive_s": -1}, ValueError, "unresponsive_s"),
-        ({"start_timeout_s": "soon"}, ValueError, "start_timeout_s"),
+        ({"start_timeout_s": "soon"}, TypeError, "start_timeout_s"),
         ({"ports": [5000]}, ValueError, "ports must be 2 distinct"),
         ({"ports": [5000, 5000]}, ValueError, "ports must be 2 distinct"),
         ({"ports": [0, 5000]}, ValueError, "ports must be 2 distinct"),
@@ -242,8 +245,6 @@ def test_workers_exit_when_their_parent_is_killed_or_interrupted(sig):
 
 def test_connecting_twice_in_one_process_is_refused(monkeypatch):
     # The check comes before any server starts, so this needs no connection.
-    fake = object.__new__(LocalCluster)
-    fake._connected = True
-    monkeypatch.setattr(cluster_module, "_open_clusters", {fake})
-    with pytest.raises(RuntimeError, match="already connected"), local_cluster(1, 1):
+    monkeypatch.setattr(_connection, "_owner", "another cluster")
+    with pytest.raises(RuntimeError, match="already connected to 'another cluster'"), local_cluster(1, 1):
         pass
