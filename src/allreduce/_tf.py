@@ -11,4 +11,7 @@ except ImportError as err:  # pragma: no cover - exercised only without TensorFl
         "pip install 'allreduce[gpu]' (tensorflow[and-cuda])."
     ) from err
 
-__all__ = ["tf"]
+#: The dtypes the algorithms reduce.
+SUPPORTED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64, tf.int32, tf.int64)
+
+__all__ = ["SUPPORTED_DTYPES", "tf"]

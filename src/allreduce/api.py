@@ -1,161 +1,140 @@
-"""The spec-driven entry points: :func:`all_reduce` and :func:`batch_all_reduce`."""
+"""The spec-driven entry points: :func:`all_reduce` and :func:`batch_all_reduce`.
+
+Both validate everything once per call, plan the batch in pure Python
+(:func:`allreduce.plan.plan_batch`) and emit it (:func:`allreduce.emit.emit_batch`).
+Inside a ``tf.function`` or a TensorFlow 1 graph the ops go into the graph being built.
+Eagerly, the same graph is traced once into a ``tf.function`` kept in a bounded cache
+(:mod:`allreduce._eager`) and called: one call runs every op of the all-reduce
+together, and no eager op with shape arguments runs, which TensorFlow 2.21 does not
+keep apart between threads. Every entry point may be called from several threads.
+
+AutoGraph never converts this library's code (it is plain graph-building Python):
+tracing stays fast and prints no conversion warnings inside a user's ``tf.function``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
-from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext, run_all_reduce
+from allreduce import _eager
+from allreduce._tf import SUPPORTED_DTYPES, tf
 from allreduce.devices import parse_device_name
-from allreduce.packing import (
-    PACKED_VAR_PLACEHOLDER,
-    pack_small_tensors,
-    unpack_small_tensors,
-    validate_tower_grads,
-)
+from allreduce.emit import Options, emit_batch
+from allreduce.plan import Bucket, plan_batch
 from allreduce.registry import get_algorithm
-from allreduce.spec import (
-    AllReduceSpecTuple,
-    format_all_reduce_spec,
-    parse_all_reduce_spec,
-    select_spec_tuple,
+from allreduce.spec import AllReduceSpecTuple
+from allreduce.validation import (
+    check_device_names,
+    check_devices_exist,
+    check_int,
+    check_reduction,
+    check_seconds,
+    check_spec,
+    check_tensor_list,
+    check_towers,
+    check_worker_groups,
 )
+from allreduce.wire import PLAIN, Wire
 
-__all__ = ["REDUCTIONS", "SUPPORTED_DTYPES", "all_reduce", "batch_all_reduce"]
+__all__ = ["DEFAULT_PACK_MAX_GROUP", "REDUCTIONS", "SUPPORTED_DTYPES", "all_reduce", "batch_all_reduce"]
 
 Reduction = Literal["sum", "mean"]
 REDUCTIONS = ("sum", "mean")
-SUPPORTED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64, tf.int32, tf.int64)
 WorkerGroups = Sequence[Sequence[int]]
+#: The most tensors one pack holds unless ``pack_max_group`` says otherwise.
+DEFAULT_PACK_MAX_GROUP = 10
 
 
-def _check_reduction(reduction: str, dtype: tf.DType) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if dtype not in SUPPORTED_DTYPES:
-        names = ", ".join(d.name for d in SUPPORTED_DTYPES)
-        raise ValueError(f"dtype {dtype.name} cannot be all-reduced; supported: {names}")
-    if reduction == "mean" and dtype.is_integer:
-        raise ValueError(f"reduction='mean' needs a floating dtype, got {dtype.name}; use 'sum'")
+@dataclass(frozen=True)
+class Request:
+    """Everything that determines the graph of one call (the eager cache's key)."""
+
+    devices: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[tf.DType, ...]
+    buckets: tuple[Bucket, ...]
+    options: Options
 
 
-def _resolve_devices(tensors: Sequence[tf.Tensor], devices: Sequence[str] | None, what: str) -> list[str]:
+def _tower_devices(towers: Sequence[Sequence[tf.Tensor]], devices: Sequence[str] | None) -> list[str]:
+    """One device per tower: ``devices``, else the device its tensors share."""
     if devices is not None:
-        if isinstance(devices, str) or len(devices) != len(tensors):
-            raise ValueError(f"devices must list one device per {what}: {len(tensors)}, got {devices!r}")
-        names = list(devices)
+        names = check_device_names(devices, len(towers), "tower" if len(towers[0]) != 1 else "tensor")
     else:
-        names = [t.device for t in tensors]
-        for i, name in enumerate(names):
-            if not name:
-                raise ValueError(f"{what} {i} has no device (a tf.function argument?); pass devices=[...]")
-    for name in names:
-        parse_device_name(name)
+        names = []
+        for d, tower in enumerate(towers):
+            found = {t.device for t in tower}
+            if "" in found or not found:
+                raise ValueError(
+                    f"tower {d} holds a tensor without a device (a tf.function argument?); "
+                    "pass devices=[...], one device per tower"
+                )
+            if len({parse_device_name(name) for name in found}) > 1:
+                raise ValueError(
+                    f"tower {d} holds tensors on several devices {sorted(found)}; pass devices=[...]"
+                )
+            names.append(tower[0].device)
+    check_devices_exist(names)
     return names
 
 
-def _check_devices(info_name: str, devices: Sequence[str]) -> None:
-    info = get_algorithm(info_name)
-    for device in devices:
-        kind = parse_device_name(device).device_type
-        if kind not in info.device_types:
-            hint = " (try 'xring', 'rechd' or 'pscpu' on CPUs)" if kind == "CPU" else ""
-            raise ValueError(
-                f"algorithm {info_name!r} runs on {'/'.join(sorted(info.device_types))} devices "
-                f"only, but an input is on {device!r}{hint}"
-            )
-
-
-def _check_worker_groups(groups: WorkerGroups | None, n: int) -> tuple[tuple[int, ...], ...] | None:
-    if groups is None:
-        return None
-    result = tuple(tuple(int(i) for i in g) for g in groups)
-    flat = sorted(i for g in result for i in g)
-    if flat != list(range(n)) or any(not g for g in result):
-        raise ValueError(
-            f"worker_groups must split the indices 0..{n - 1} into non-empty groups, got {groups!r}"
-        )
-    return result
-
-
-def _parse(spec: str | Sequence[AllReduceSpecTuple]) -> list[AllReduceSpecTuple]:
-    if isinstance(spec, str):
-        return parse_all_reduce_spec(spec)
-    if not isinstance(spec, Sequence):
-        raise TypeError(f"spec must be a str or a list of AllReduceSpecTuple, got {type(spec).__name__}")
-    # Formatting validates the tuples with the parser's rules.
-    return parse_all_reduce_spec(format_all_reduce_spec(spec))
-
-
-def _check_packing_options(pack_max_bytes: int, pack_max_group: int) -> None:
-    for name, value, low in (("pack_max_bytes", pack_max_bytes, 0), ("pack_max_group", pack_max_group, 1)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if value < low:
-            raise ValueError(f"{name} must be at least {low}, got {value}")
-
-
-def _reduce_one(
-    tensors: Sequence[tf.Tensor],
-    devices: Sequence[str],
-    spec_tuple: AllReduceSpecTuple,
-    *,
-    reduction: str,
-    tensor_index: int,
-    worker_groups: tuple[tuple[int, ...], ...] | None,
-    timeout_s: float,
-) -> list[tf.Tensor]:
-    info = get_algorithm(spec_tuple.alg)
-    shape = tensors[0].shape
-    length = shape.num_elements()
-    if length == 0:
-        # Nothing to add: a copy of each input.
-        out = []
-        for t, d in zip(tensors, devices):
-            with tf.device(d):
-                out.append(tf.identity(t))
-        return out
-    flat = []
-    for t, d in zip(tensors, devices):
-        with tf.device(d):
-            flat.append(tf.reshape(t, [length]))
-    ctx = BuildContext(
-        info=info,
-        shards=spec_tuple.shards,
-        tensor_index=tensor_index,
-        worker_groups=worker_groups,
-        timeout_s=timeout_s,
+def _request(
+    towers: Sequence[Sequence[tf.Tensor]],
+    spec: str | Sequence[AllReduceSpecTuple],
+    devices: Sequence[str] | None,
+    options: Options,
+    packing: tuple[int, int],
+) -> Request:
+    """Checks a call and plans it. Raises ``TypeError``/``ValueError`` (see the callers)."""
+    specs = check_spec(spec)
+    names = _tower_devices(towers, devices)
+    first = towers[0]
+    for t in first:
+        check_reduction(options.reduction, t.dtype)
+    groups = check_worker_groups(options.worker_groups, len(towers))
+    options = Options(options.reduction, groups, options.timeout_s, options.wire)
+    buckets = plan_batch(
+        [t.shape.num_elements() for t in first],
+        [t.dtype for t in first],
+        [t.dtype.size for t in first],
+        specs,
+        pack_max_bytes=packing[0],
+        pack_max_group=packing[1],
     )
-    summed = run_all_reduce(flat, devices, ctx)
-    out = []
-    n = len(tensors)
-    for s, d in zip(summed, devices):
-        with tf.device(d):
-            if reduction == "mean" and n > 1 and info.reduces:
-                s = tf.math.truediv(s, tf.constant(n, dtype=s.dtype))
-            out.append(tf.reshape(s, shape))
-    return out
+    for chosen in {b.spec for b in buckets}:
+        problem = get_algorithm(chosen.alg).problem(names, chosen.shards, groups)
+        if problem is not None:
+            raise ValueError(problem)
+    return Request(
+        devices=tuple(names),
+        shapes=tuple(tuple(t.shape.as_list()) for t in first),
+        dtypes=tuple(t.dtype for t in first),
+        buckets=tuple(buckets),
+        options=options,
+    )
 
 
-def _check_tensors(tensors: Sequence[tf.Tensor]) -> None:
-    if isinstance(tensors, str) or not isinstance(tensors, Sequence):
-        raise TypeError(f"tensors must be a list of tensors, one per device, got {type(tensors).__name__}")
-    if len(tensors) == 0:
-        raise ValueError("tensors is empty: expected one tensor per device")
-    for i, t in enumerate(tensors):
-        if not tf.is_tensor(t):
-            raise TypeError(f"tensors[{i}] must be a tf.Tensor, got {type(t).__name__}")
-    first = tensors[0]
-    if not first.shape.is_fully_defined():
-        raise ValueError(f"tensors[0] has shape {first.shape}, which is not fully defined")
-    for i, t in enumerate(tensors):
-        if t.dtype != first.dtype:
-            raise ValueError(f"tensors[{i}] has dtype {t.dtype.name} but tensors[0] has {first.dtype.name}")
-        if t.shape != first.shape:
-            raise ValueError(f"tensors[{i}] has shape {t.shape} but tensors[0] has {first.shape}")
+def _run(request: Request, towers: Sequence[Sequence[tf.Tensor]], scope: str) -> list[list[tf.Tensor]]:
+    if tf.executing_eagerly():
+        return _eager.call(request, towers, request.devices, lambda ts: _emit(request, ts, scope))
+    return _emit(request, towers, scope)
 
 
+def _emit(request: Request, towers: Sequence[Sequence[tf.Tensor]], scope: str) -> list[list[tf.Tensor]]:
+    with tf.name_scope(scope):
+        return emit_batch(towers, request.devices, request.buckets, request.options)
+
+
+def _options(
+    reduction: str, worker_groups: WorkerGroups | None, timeout_s: float, compression: Wire
+) -> Options:
+    seconds = check_seconds("timeout_s", timeout_s, allow_zero=True)
+    return Options(reduction, worker_groups, seconds, compression)  # type: ignore[arg-type]
+
+
+@tf.autograph.experimental.do_not_convert
 def all_reduce(
     tensors: Sequence[tf.Tensor],
     spec: str | Sequence[AllReduceSpecTuple] = "xring",
@@ -168,7 +147,8 @@ def all_reduce(
     """All-reduces one tensor per device with the algorithm ``spec`` names.
 
     Args:
-        tensors: one tensor per device, each on its device, all of one shape and dtype.
+        tensors: one tensor (or variable) per device, each on its device, all of one
+            shape and dtype.
         spec: a spec string (see :mod:`allreduce.spec`) or parsed spec tuples; with size
             ranges, the range that holds the tensor's element count is used.
         reduction: ``"sum"`` or ``"mean"`` (floating dtypes only).
@@ -183,36 +163,28 @@ def all_reduce(
         bitwise identical (except for the no-reduction baseline ``trivial``).
 
     Raises:
-        TypeError: ``tensors`` is not a list of tensors or the spec not a string.
+        TypeError: ``tensors`` is not a list of dense tensors, or an argument has the
+            wrong type.
         ValueError: no tensors; shapes or dtypes differ; an unsupported dtype or
-            reduction; a malformed spec; an algorithm that cannot run on these
-            devices or honour the shard count. Raised while the graph is built.
+            reduction; a malformed spec; a device that does not exist; an algorithm
+            that cannot run on these devices or honour the shard count. Raised while
+            the graph is built.
     """
-    _check_tensors(tensors)
-    _check_reduction(reduction, tensors[0].dtype)
-    names = _resolve_devices(tensors, devices, "tensor")
-    spec_tuple = select_spec_tuple(_parse(spec), tensors[0].shape.num_elements())
-    _check_devices(spec_tuple.alg, names)
-    groups = _check_worker_groups(worker_groups, len(tensors))
-    with tf.name_scope("all_reduce"):
-        return _reduce_one(
-            tensors,
-            names,
-            spec_tuple,
-            reduction=reduction,
-            tensor_index=0,
-            worker_groups=groups,
-            timeout_s=timeout_s,
-        )
+    dense = check_tensor_list(tensors)
+    options = _options(reduction, worker_groups, timeout_s, PLAIN)
+    towers = [[t] for t in dense]
+    request = _request(towers, spec, devices, options, (0, DEFAULT_PACK_MAX_GROUP))
+    return [tower[0] for tower in _run(request, towers, "all_reduce")]
 
 
+@tf.autograph.experimental.do_not_convert
 def batch_all_reduce(
     tower_tensors: Sequence[Sequence[tf.Tensor]],
     spec: str | Sequence[AllReduceSpecTuple] = "xring",
     *,
     reduction: Reduction = "sum",
     pack_max_bytes: int = 0,
-    pack_max_group: int = 10,
+    pack_max_group: int = DEFAULT_PACK_MAX_GROUP,
     devices: Sequence[str] | None = None,
     worker_groups: WorkerGroups | None = None,
     timeout_s: float = 0.0,
@@ -226,6 +198,8 @@ def batch_all_reduce(
     after, so that one all-reduce carries many small tensors.
 
     Args:
+        tower_tensors: one list of tensors per device (a tower), all towers alike in
+            length, shapes and dtypes; every tensor of a tower on the tower's device.
         devices: the device of each tower, for towers whose tensors carry none.
         Other arguments as in :func:`all_reduce`.
 
@@ -233,64 +207,19 @@ def batch_all_reduce(
         ``result[d][i]``, shaped like ``tower_tensors[d][i]``, on tower d's device.
 
     Raises:
-        TypeError, ValueError: as :func:`all_reduce`; also when towers differ in
-            length, shape or dtype, or the packing options are invalid.
+        TypeError, ValueError: as :func:`all_reduce`; a flat list of tensors is a
+            ``TypeError`` (use :func:`all_reduce`); towers that differ in length, shape
+            or dtype, and invalid packing options, are ``ValueError``.
     """
-    if isinstance(tower_tensors, str) or not isinstance(tower_tensors, Sequence):
-        raise TypeError("tower_tensors must be a list (devices) of lists (tensors)")
-    validate_tower_grads([[(t, None) for t in tower] for tower in tower_tensors])
-    _check_packing_options(pack_max_bytes, pack_max_group)
-    num_towers = len(tower_tensors)
-    count = len(tower_tensors[0])
-    if devices is not None:
-        if isinstance(devices, str) or len(devices) != num_towers:
-            raise ValueError(f"devices must list one device per tower: {num_towers}, got {devices!r}")
-        tower_devices = [[devices[d]] * count for d in range(num_towers)]
-    else:
-        tower_devices = [
-            _resolve_devices(tower, None, f"tower {d} tensor") for d, tower in enumerate(tower_tensors)
-        ]
-    specs = _parse(spec)
-    for i in range(count):
-        _check_tensors([tower[i] for tower in tower_tensors])
-        _check_reduction(reduction, tower_tensors[0][i].dtype)
-    groups = _check_worker_groups(worker_groups, num_towers)
-    if count == 0:
-        return [[] for _ in tower_tensors]
-    with tf.name_scope("batch_all_reduce"):
-        # Each pair's "variable" is the tensor's index, to find its device after packing.
-        pairs = [[(t, i) for i, t in enumerate(tower)] for tower in tower_tensors]
-        packed, packing = pack_small_tensors(
-            pairs,
-            max_bytes=pack_max_bytes,
-            max_group=pack_max_group,
-            devices=list(devices) if devices is not None else None,
-        )
-
-        def origin(d: int, j: int) -> int:
-            index = packed[d][j][1]
-            return packing[f"{d}:{j}"].indices[0] if index == PACKED_VAR_PLACEHOLDER else index
-
-        used: dict[AllReduceSpecTuple, int] = {}
-        columns = []
-        for j in range(len(packed[0])):
-            column = [tower[j][0] for tower in packed]
-            column_devices = [tower_devices[d][origin(d, j)] for d in range(num_towers)]
-            spec_tuple = select_spec_tuple(specs, column[0].shape.num_elements())
-            _check_devices(spec_tuple.alg, column_devices)
-            index = used.get(spec_tuple, 0)
-            used[spec_tuple] = index + 1
-            columns.append(
-                _reduce_one(
-                    column,
-                    column_devices,
-                    spec_tuple,
-                    reduction=reduction,
-                    tensor_index=index,
-                    worker_groups=groups,
-                    timeout_s=timeout_s,
-                )
-            )
-        reduced = [[(columns[j][d], packed[d][j][1]) for j in range(len(columns))] for d in range(num_towers)]
-        unpacked = unpack_small_tensors(reduced, packing)
-        return [[t for t, _ in tower] for tower in unpacked]
+    towers = check_towers(tower_tensors)
+    packing = (
+        check_int("pack_max_bytes", pack_max_bytes, minimum=0),
+        check_int("pack_max_group", pack_max_group, minimum=1),
+    )
+    options = _options(reduction, worker_groups, timeout_s, PLAIN)
+    if not towers[0]:
+        if devices is not None:
+            check_device_names(devices, len(towers), "tower")
+        return [[] for _ in towers]
+    request = _request(towers, spec, devices, options, packing)
+    return _run(request, towers, "batch_all_reduce")

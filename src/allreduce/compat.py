@@ -18,6 +18,7 @@ from allreduce.devices import group_by_worker
 from allreduce.packing import pack_small_tensors, validate_tower_grads
 from allreduce.registry import get_algorithm
 from allreduce.spec import format_all_reduce_spec, parse_all_reduce_spec
+from allreduce.validation import check_int
 
 __all__ = [
     "aggregate_gradients_using_copy_with_device_selection",
@@ -158,8 +159,7 @@ def sum_gradients_all_reduce(
         ValueError: as :func:`allreduce.all_reduce`, and for a bad ``num_workers``.
     """
     validate_tower_grads(tower_grads)
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-        raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
+    check_int("num_workers", num_workers, minimum=1)
     if list(gpu_indices) and len(set(gpu_indices)) != len(list(gpu_indices)):
         raise ValueError(f"gpu_indices has repeats: {list(gpu_indices)}")
     spec = _spec_for(alg, num_shards)

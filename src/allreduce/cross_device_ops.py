@@ -28,9 +28,9 @@ from tensorflow.python.distribute import distribute_utils as _distribute_utils
 from tensorflow.python.distribute import values as _values
 
 from allreduce import api as _api
-from allreduce._tf import tf
-from allreduce.algorithms.base import broadcast as _copies
-from allreduce.spec import parse_all_reduce_spec
+from allreduce._tf import SUPPORTED_DTYPES, tf
+from allreduce.registry import get_algorithm
+from allreduce.validation import check_bool, check_int, check_seconds, check_spec
 
 __all__ = ["SpecCrossDeviceOps"]
 
@@ -48,6 +48,15 @@ def _devices_of(value_or_destinations: Any) -> tuple[str, ...]:
 def _mirrored(values: Sequence[Any]) -> Any:
     """One result per destination device, wrapped as TensorFlow's own ops wrap them."""
     return _distribute_utils.regroup(list(values), wrap_class=_values.Mirrored)
+
+
+def _copies(value: tf.Tensor, devices: Sequence[str]) -> list[tf.Tensor]:
+    """A copy of ``value`` on each device."""
+    out = []
+    for device in devices:
+        with tf.device(device):
+            out.append(tf.identity(value))
+    return out
 
 
 def _label(value: Any) -> str:
@@ -82,7 +91,7 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
         spec: str = "xring",
         *,
         pack_max_bytes: int = 0,
-        pack_max_group: int = 10,
+        pack_max_group: int = _api.DEFAULT_PACK_MAX_GROUP,
         densify_max_elements: int = 0,
         check_finite: bool = False,
         timeout_s: float = 0.0,
@@ -103,31 +112,26 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
 
         Raises:
             TypeError: ``spec`` is not a string, or an option has the wrong type.
-            ValueError: a malformed spec, or a negative or zero option value.
+            ValueError: a malformed spec, a spec with an algorithm that does not reduce
+                (``trivial``), or an option value out of range.
         """
         super().__init__()
         if not isinstance(spec, str):
-            raise TypeError(f"spec must be a spec string such as 'xring', got {type(spec).__name__}")
-        parse_all_reduce_spec(spec)  # raises ValueError now rather than at the first step
-        for name, value, low in (
-            ("pack_max_bytes", pack_max_bytes, 0),
-            ("pack_max_group", pack_max_group, 1),
-            ("densify_max_elements", densify_max_elements, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
-            if value < low:
-                raise ValueError(f"{name} must be at least {low}, got {value}")
-        if not isinstance(check_finite, bool):
-            raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s < 0:
-            raise ValueError(f"timeout_s must be a non-negative number, got {timeout_s!r}")
+            raise TypeError(
+                f"spec must be a spec string such as 'xring', got {type(spec).__name__}: {spec!r}"
+            )
+        for item in check_spec(spec):  # raises ValueError now rather than at the first step
+            if not get_algorithm(item.alg).reduces:
+                raise ValueError(
+                    f"spec {spec!r} names {item.alg!r}, which does not reduce: replicas would train "
+                    "apart; choose an algorithm that sums, e.g. 'xring'"
+                )
         self.spec = spec
-        self.pack_max_bytes = pack_max_bytes
-        self.pack_max_group = pack_max_group
-        self.densify_max_elements = densify_max_elements
-        self.check_finite = check_finite
-        self.timeout_s = float(timeout_s)
+        self.pack_max_bytes = check_int("pack_max_bytes", pack_max_bytes, minimum=0)
+        self.pack_max_group = check_int("pack_max_group", pack_max_group, minimum=1)
+        self.densify_max_elements = check_int("densify_max_elements", densify_max_elements, minimum=0)
+        self.check_finite = check_bool("check_finite", check_finite)
+        self.timeout_s = check_seconds("timeout_s", timeout_s, allow_zero=True)
         self._fallback = tf.distribute.ReductionToOneDevice()
         self._warned: set[str] = set()
 
@@ -156,42 +160,45 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
         reduction = _REDUCTIONS.get(reduce_op)
         if reduction is None:
             raise ValueError(f"reduce_op must be tf.distribute.ReduceOp.SUM or MEAN, got {reduce_op!r}")
-        pairs = [(value, _devices_of(value), _devices_of(dest)) for value, dest in value_destination_pairs]
-        results: list[Any] = [None] * len(pairs)
+        results: list[Any] = [None] * len(value_destination_pairs)
         dense: dict[tuple[str, ...], list[tuple[int, list[Any]]]] = {}
-        for i, (value, sources, targets) in enumerate(pairs):
+        for i, (value, destinations) in enumerate(value_destination_pairs):
             parts = list(value.values)
-            if all(isinstance(p, tf.IndexedSlices) for p in parts):
-                if not self._densify(parts):
-                    results[i] = self._gather_sparse(parts, targets, reduction, i)
-                    continue
-                parts = [tf.convert_to_tensor(p) for p in parts]
-            elif any(isinstance(p, tf.IndexedSlices) for p in parts):
-                parts = [tf.convert_to_tensor(p) for p in parts]
-            problem = self._dense_problem(parts, reduction)
-            if problem is not None:
-                self._warn(problem)
-                results[i] = self._fallback.reduce(reduce_op, value, value_destination_pairs[i][1])
+            if self._stays_sparse(parts):
+                results[i] = self._gather_sparse(parts, _devices_of(destinations), reduction, i)
                 continue
-            dense.setdefault(sources, []).append((i, parts))
+            parts = [tf.convert_to_tensor(p) if isinstance(p, tf.IndexedSlices) else p for p in parts]
+            reason = self._fallback_reason(parts, reduction)
+            if reason is not None:
+                self._warn_once(reason)
+                results[i] = self._fallback.reduce(reduce_op, value, destinations)
+                continue
+            dense.setdefault(_devices_of(value), []).append((i, parts))
         for sources, members in dense.items():
-            towers = [[parts[d] for _, parts in members] for d in range(len(sources))]
-            logger.debug(
-                "batch all-reduce of %d values over %d devices with %r", len(members), len(sources), self.spec
-            )
-            reduced = _api.batch_all_reduce(
-                towers,
-                self.spec,
-                reduction=reduction,
-                pack_max_bytes=self.pack_max_bytes,
-                pack_max_group=self.pack_max_group,
-                devices=list(sources),
-                timeout_s=self.timeout_s,
-            )
-            for j, (i, parts) in enumerate(members):
-                per_device = [reduced[d][j] for d in range(len(sources))]
-                results[i] = self._place(per_device, sources, pairs[i][2], i, parts[0])
+            reduced = self._all_reduce_dense(sources, [parts for _, parts in members], reduction)
+            for (i, parts), per_device in zip(members, reduced):
+                targets = _devices_of(value_destination_pairs[i][1])
+                results[i] = self._place(per_device, sources, targets, i, parts[0])
         return results
+
+    def _all_reduce_dense(
+        self, sources: Sequence[str], values: Sequence[Sequence[Any]], reduction: str
+    ) -> list[list[Any]]:
+        """``result[j][d]``: dense value ``j`` all-reduced, on device ``sources[d]``."""
+        logger.debug(
+            "batch all-reduce of %d values over %d devices with %r", len(values), len(sources), self.spec
+        )
+        towers = [[parts[d] for parts in values] for d in range(len(sources))]
+        reduced = _api.batch_all_reduce(
+            towers,
+            self.spec,
+            reduction=reduction,
+            pack_max_bytes=self.pack_max_bytes,
+            pack_max_group=self.pack_max_group,
+            devices=list(sources),
+            timeout_s=self.timeout_s,
+        )
+        return [[reduced[d][j] for d in range(len(sources))] for j in range(len(values))]
 
     def broadcast_implementation(self, tensor: Any, destinations: Any) -> Any:
         """Copies ``tensor`` to every destination device (a ``Mirrored`` value)."""
@@ -215,26 +222,37 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _densify(self, parts: Sequence[tf.IndexedSlices]) -> bool:
-        if self.densify_max_elements == 0 or parts[0].dense_shape is None:
+    def _stays_sparse(self, parts: Sequence[Any]) -> bool:
+        """Whether these per-replica values are IndexedSlices to gather rather than
+        densify (a dense shape above ``densify_max_elements``, or not known)."""
+        if not all(isinstance(p, tf.IndexedSlices) for p in parts):
             return False
+        if self.densify_max_elements == 0 or parts[0].dense_shape is None:
+            return True
         shape = tf.get_static_value(parts[0].dense_shape)
         if shape is None:
-            return False
+            return True
         elements = 1
         for dim in shape:
             elements *= int(dim)
-        return elements <= self.densify_max_elements
+        return elements > self.densify_max_elements
 
     @staticmethod
-    def _dense_problem(parts: Sequence[Any], reduction: str) -> str | None:
-        """Why the algorithms cannot reduce these per-replica tensors, or ``None``.
+    def _fallback_reason(parts: Sequence[Any], reduction: str) -> str | None:
+        """Why the algorithms cannot reduce these per-replica tensors (they then go to
+        ``ReductionToOneDevice``), or ``None`` when they can.
 
         Raises:
+            TypeError: a dtype no reduction can add (``bool``, ``string``).
             ValueError: the replicas' values differ in dtype or shape.
         """
         first = parts[0]
-        if first.dtype not in _api.SUPPORTED_DTYPES:
+        if first.dtype in (tf.bool, tf.string):
+            raise TypeError(
+                f"SpecCrossDeviceOps cannot reduce {first.dtype.name} values, and neither can "
+                "tf.distribute's own reductions; cast them to a numeric dtype first"
+            )
+        if first.dtype not in SUPPORTED_DTYPES:
             return f"dtype {first.dtype.name} is not one the algorithms reduce"
         if reduction == "mean" and first.dtype.is_integer:
             return f"a MEAN of {first.dtype.name} values"
@@ -245,12 +263,13 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
             return f"shape {first.shape} is not fully defined"
         return None
 
-    def _warn(self, problem: str) -> None:
+    def _warn_once(self, problem: str) -> None:
         if problem not in self._warned:
             self._warned.add(problem)
             logger.warning("SpecCrossDeviceOps: %s; reducing it with ReductionToOneDevice instead", problem)
 
-    def _check(self, value: Any, index: int, source: Any) -> Any:
+    def _finite_checked(self, value: Any, index: int, source: Any) -> Any:
+        """``value``, with a NaN/Inf check attached when ``check_finite`` is on."""
         if not self.check_finite or not value.dtype.is_floating:
             return value
         message = (
@@ -276,7 +295,7 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
                 with tf.device(target):
                     value = tf.identity(per_device[0])
             with tf.device(target):
-                out.append(self._check(value, index, source))
+                out.append(self._finite_checked(value, index, source))
         return _mirrored(out)
 
     @staticmethod
@@ -300,7 +319,7 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
                 indices = tf.concat([tf.cast(p.indices, index_dtype) for p in parts], axis=0)
                 if reduction == "mean" and len(parts) > 1:
                     values = tf.math.truediv(values, tf.constant(len(parts), dtype=values.dtype))
-                values = self._check(values, index, parts[0].values)
+                values = self._finite_checked(values, index, parts[0].values)
                 dense_shape = None if parts[0].dense_shape is None else tf.identity(parts[0].dense_shape)
                 out.append(tf.IndexedSlices(values, indices, dense_shape))
         return _mirrored(out)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from allreduce.validation import check_int
+
 __all__ = [
     "DeviceName",
     "build_all_reduce_device_prefixes",
+    "gather_candidates",
     "group_device_names",
     "group_by_worker",
     "parse_device_name",
@@ -73,6 +77,12 @@ def parse_device_name(name: str) -> DeviceName:
     """
     if not isinstance(name, str):
         raise TypeError(f"device name must be a str, got {type(name).__name__}: {name!r}")
+    return _parse(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(name: str) -> DeviceName:
+    # Names repeat for every tensor of a batch; DeviceName is immutable, so share it.
     fields: dict[str, object] = {}
     for part in name.strip("/").split("/") if name.strip("/") else []:
         match = _FIELD.match(part)
@@ -101,10 +111,7 @@ def build_all_reduce_device_prefixes(job_name: str, num_tasks: int) -> list[str]
     Raises:
         ValueError: ``num_tasks`` is below 1, or above 1 for ``localhost``.
     """
-    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int):
-        raise TypeError(f"num_tasks must be an int, got {num_tasks!r}")
-    if num_tasks < 1:
-        raise ValueError(f"num_tasks must be at least 1, got {num_tasks}")
+    check_int("num_tasks", num_tasks, minimum=1)
     if job_name == "localhost":
         if num_tasks != 1:
             raise ValueError(f"job 'localhost' has exactly one task, got num_tasks={num_tasks}")
@@ -122,11 +129,8 @@ def group_device_names(devices: Sequence[str], group_size: int) -> list[list[str
     Raises:
         ValueError: ``group_size`` is below 1 or above ``len(devices)``.
     """
-    if isinstance(group_size, bool) or not isinstance(group_size, int):
-        raise TypeError(f"group_size must be an int, got {group_size!r}")
+    check_int("group_size", group_size, minimum=1)
     num_devices = len(devices)
-    if group_size < 1:
-        raise ValueError(f"group_size must be at least 1, got {group_size}")
     if group_size > num_devices:
         raise ValueError(f"group_size={group_size} exceeds the {num_devices} devices {list(devices)}")
     num_groups = -(-num_devices // group_size)
@@ -142,3 +146,23 @@ def group_by_worker(devices: Sequence[str]) -> list[list[int]]:
     for i, name in enumerate(devices):
         order.setdefault(parse_device_name(name).worker, []).append(i)
     return list(order.values())
+
+
+def gather_candidates(devices: Sequence[str], device_type: str) -> list[str]:
+    """The devices of ``device_type`` a shuffle may sum on, in order, without repeats.
+
+    These are the inputs' own devices of that type; for ``CPU``, each worker whose
+    inputs are on other devices adds its ``CPU:0``.
+    """
+    found: dict[str, None] = {}
+    for name in devices:
+        if parse_device_name(name).device_type == device_type:
+            found.setdefault(name, None)
+    if device_type == "CPU":
+        covered = {parse_device_name(name).worker for name in found}
+        for name in devices:
+            parsed = parse_device_name(name)
+            if parsed.worker not in covered:
+                found.setdefault(parsed.with_device("CPU", 0), None)
+                covered.add(parsed.worker)
+    return list(found)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from allreduce._tf import tf
+from allreduce.validation import check_choice, check_int
 
 __all__ = ["logical_devices"]
 
@@ -23,13 +24,13 @@ def logical_devices(
     earlier, or a runtime that has already started, is kept as it is.
 
     Raises:
+        TypeError: ``count`` or ``gpu_memory_mb`` is not an int, ``device_type`` not a str.
         ValueError: ``count`` is below 1 or ``device_type`` is not ``CPU`` or ``GPU``.
         RuntimeError: no such device, or fewer than ``count`` of them and too late to split.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be a positive int, got {count!r}")
-    if device_type not in ("CPU", "GPU"):
-        raise ValueError(f"device_type must be 'CPU' or 'GPU', got {device_type!r}")
+    check_int("count", count, minimum=1)
+    check_choice("device_type", device_type, ("CPU", "GPU"))
+    check_int("gpu_memory_mb", gpu_memory_mb, minimum=1)
     physical = tf.config.list_physical_devices(device_type)
     if not physical:
         raise RuntimeError(f"no {device_type} visible to TensorFlow")

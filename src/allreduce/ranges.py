@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple
 
+from allreduce.validation import check_int
+
 __all__ = ["PackPlan", "extract_ranges", "plan_small_tensor_packs"]
 
 
@@ -26,14 +28,10 @@ def extract_ranges(
         ValueError: ``range_size_limit`` is below 1, or the indices are not strictly
             increasing non-negative integers.
     """
-    if isinstance(range_size_limit, bool) or not isinstance(range_size_limit, int):
-        raise TypeError(f"range_size_limit must be an int, got {range_size_limit!r}")
-    if range_size_limit < 1:
-        raise ValueError(f"range_size_limit must be at least 1, got {range_size_limit}")
+    check_int("range_size_limit", range_size_limit, minimum=1)
     indices = list(index_list)
     for i, value in enumerate(indices):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"index_list must hold non-negative ints, got {value!r}")
+        check_int(f"index_list[{i}]", value, minimum=0)
         if i and value <= indices[i - 1]:
             raise ValueError(f"index_list must be strictly increasing: {indices[i - 1]} then {value}")
     ranges: list[list[int]] = []
@@ -85,11 +83,8 @@ def plan_small_tensor_packs(
         ValueError: ``max_bytes`` is negative, ``max_group`` below 1, or the two
             lists differ in length.
     """
-    for name, value, low in (("max_bytes", max_bytes, 0), ("max_group", max_group, 1)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if value < low:
-            raise ValueError(f"{name} must be at least {low}, got {value}")
+    check_int("max_bytes", max_bytes, minimum=0)
+    check_int("max_group", max_group, minimum=1)
     if len(sizes_in_bytes) != len(dtypes):
         raise ValueError(f"{len(sizes_in_bytes)} sizes but {len(dtypes)} dtypes")
     ranges: list[list[int]] = []

@@ -17,23 +17,34 @@ all-reduce.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from allreduce.devices import gather_candidates, group_by_worker, parse_device_name
 
 __all__ = [
     "CPU",
     "GPU",
+    "SHARDS_ANY",
+    "SHARDS_DIVIDE",
+    "SHARDS_GATHER",
     "AlgorithmInfo",
     "algorithm_names",
     "get_algorithm",
-    "is_algorithm_name",
     "register",
 ]
 
 CPU = "CPU"
 GPU = "GPU"
 HIERARCHY_SEPARATOR = "/"
+
+#: ``#k`` may be any count of at least 1.
+SHARDS_ANY = "any"
+#: ``#k`` may not exceed the distinct devices the algorithm sums on (see ``gather_type``).
+SHARDS_GATHER = "gather"
+#: ``#k`` must divide the device count; ``#1`` (or no ``#k``) lets the algorithm choose.
+SHARDS_DIVIDE = "divides"
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,14 @@ class AlgorithmInfo:
         distinct_devices: whether every input must sit on a different device.
         levels: the two level names of a hierarchical algorithm, else ``()``.
         reducer: optional ``"module:function"`` that leaves one sum on one device.
+        shard_rule: which ``#k`` it accepts: :data:`SHARDS_ANY`, :data:`SHARDS_GATHER`
+            or :data:`SHARDS_DIVIDE`.
+        gather_type: for :data:`SHARDS_GATHER`, the device type it sums on.
+        physical_devices: whether every input must sit on its own physical device
+            (logical devices split from one GPU do not do).
+        emulable: whether its graph still runs when every op is soft-placed onto one
+            CPU (a TensorFlow 1 graph built for absent GPUs); ``False`` for ops that
+            need their real devices (NCCL) or peers running at once (collectives).
     """
 
     name: str
@@ -63,6 +82,10 @@ class AlgorithmInfo:
     distinct_devices: bool = False
     levels: tuple[str, ...] = ()
     reducer: str | None = None
+    shard_rule: str = SHARDS_ANY
+    gather_type: str | None = None
+    physical_devices: bool = False
+    emulable: bool = True
 
     @property
     def is_hierarchical(self) -> bool:
@@ -71,6 +94,58 @@ class AlgorithmInfo:
     @property
     def takes_shards(self) -> bool:
         return self.shards is not None
+
+    def problem(
+        self, devices: Sequence[str], shards: int = 1, worker_groups: Sequence[Sequence[int]] | None = None
+    ) -> str | None:
+        """Why this algorithm cannot all-reduce inputs on ``devices`` with ``#shards``,
+        or ``None`` when it can. Pure: looks at device names only."""
+        if self.levels:
+            return self._hierarchical_problem(devices, shards, worker_groups)
+        parsed = [parse_device_name(d) for d in devices]
+        for name, p in zip(devices, parsed):
+            if p.device_type not in self.device_types:
+                hint = " (try 'xring', 'rechd' or 'pscpu' on CPUs)" if p.device_type == CPU else ""
+                kinds = "/".join(sorted(self.device_types))
+                return (
+                    f"algorithm {self.name!r} runs on {kinds} devices only, but an input is on {name!r}{hint}"
+                )
+        if self.distinct_devices and len(set(parsed)) != len(parsed):
+            repeated = sorted({d for d, p in zip(devices, parsed) if parsed.count(p) > 1})
+            return (
+                f"{self.name} needs every input on a different device, but {repeated} "
+                "hold more than one; use e.g. 'xring' or 'pscpu' instead"
+            )
+        return self._shard_problem(devices, shards)
+
+    def _shard_problem(self, devices: Sequence[str], shards: int) -> str | None:
+        if shards == 1 or self.shard_rule == SHARDS_ANY:
+            return None
+        if self.shard_rule == SHARDS_DIVIDE:
+            if len(devices) % shards:
+                return f"{self.name}#{shards}: {shards} does not divide the {len(devices)} devices"
+            return None
+        candidates = gather_candidates(devices, self.gather_type or CPU)
+        if shards > len(candidates):
+            return (
+                f"{self.name}#{shards} needs {shards} distinct {self.gather_type} gather "
+                f"devices but the inputs offer {len(candidates)}: {candidates}"
+            )
+        return None
+
+    def _hierarchical_problem(
+        self, devices: Sequence[str], shards: int, worker_groups: Sequence[Sequence[int]] | None
+    ) -> str | None:
+        lower, upper = (get_algorithm(name) for name in self.levels)
+        groups = worker_groups or group_by_worker(devices)
+        for group in groups:
+            found = lower.problem([devices[i] for i in group])
+            if found:
+                return f"{self.name} within a worker: {found}"
+        if len(groups) == 1:
+            return None
+        found = upper.problem([devices[group[0]] for group in groups], shards)
+        return f"{self.name} across workers: {found}" if found else None
 
     def load_builder(self) -> Callable[..., Any]:
         """Imports and returns the builder function (this needs TensorFlow)."""
@@ -119,6 +194,10 @@ def _hierarchical(name: str) -> AlgorithmInfo | None:
         composable=False,
         distinct_devices=lower.distinct_devices,
         levels=(lower.name, upper.name),
+        shard_rule=upper.shard_rule,
+        gather_type=upper.gather_type,
+        physical_devices=lower.physical_devices or upper.physical_devices,
+        emulable=lower.emulable and upper.emulable,
     )
 
 
@@ -126,26 +205,18 @@ def get_algorithm(name: str) -> AlgorithmInfo:
     """Returns the entry for ``name``, a flat name or a hierarchical ``A/B`` pair.
 
     Raises:
+        TypeError: ``name`` is not a string.
         ValueError: ``name`` is not an algorithm.
     """
-    info = _REGISTRY.get(name) if isinstance(name, str) else None
-    if info is None and isinstance(name, str):
-        info = _hierarchical(name)
+    if not isinstance(name, str):
+        raise TypeError(f"an algorithm name must be a str, got {type(name).__name__}: {name!r}")
+    info = _REGISTRY.get(name) or _hierarchical(name)
     if info is None:
         raise ValueError(
             f"unknown all-reduce algorithm {name!r}; known: {', '.join(algorithm_names())}, "
             "or A/B for two of them (e.g. 'nccl/xring', 'pscpu/pscpu')"
         )
     return info
-
-
-def is_algorithm_name(name: str) -> bool:
-    """Whether ``name`` is a registered algorithm or a valid ``A/B`` pair."""
-    try:
-        get_algorithm(name)
-    except ValueError:
-        return False
-    return True
 
 
 def algorithm_names(*, hierarchical: bool = False) -> list[str]:
@@ -181,6 +252,8 @@ register(
         _BOTH,
         shards="gather devices per tensor",
         reducer="shuffle:reduce_on_cpus",
+        shard_rule=SHARDS_GATHER,
+        gather_type=CPU,
     )
 )
 register(
@@ -191,6 +264,8 @@ register(
         _GPU_ONLY,
         shards="gather GPUs per tensor",
         reducer="shuffle:reduce_on_gpus",
+        shard_rule=SHARDS_GATHER,
+        gather_type=GPU,
     )
 )
 register(
@@ -200,6 +275,8 @@ register(
         "nccl:all_reduce",
         _GPU_ONLY,
         distinct_devices=True,
+        physical_devices=True,
+        emulable=False,
     )
 )
 register(
@@ -209,6 +286,7 @@ register(
         "collective:all_reduce",
         _BOTH,
         distinct_devices=True,
+        emulable=False,
     )
 )
 register(
@@ -237,6 +315,17 @@ register(
         _BOTH,
         composable=False,
         reduces=False,
+    )
+)
+
+register(
+    AlgorithmInfo(
+        "torus",
+        "2-D torus: reduce-scatter along rows, all-reduce down columns, all-gather along rows",
+        "torus:all_reduce",
+        _BOTH,
+        shards="rows of the torus (dividing the device count; default: the largest divisor up to sqrt(n))",
+        shard_rule=SHARDS_DIVIDE,
     )
 )
 

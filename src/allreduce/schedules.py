@@ -6,17 +6,19 @@ schedules be checked by simulation, without building a graph.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 __all__ = [
     "HalvingDoublingPlan",
     "Transfer",
-    "chunk_offsets",
     "halving_doubling_plan",
     "ring_all_gather_steps",
     "ring_orders",
     "ring_reduce_scatter_steps",
     "split_sizes",
+    "torus_grid",
+    "torus_rows",
 ]
 
 
@@ -34,15 +36,6 @@ def split_sizes(length: int, parts: int) -> list[int]:
         raise ValueError(f"parts must be at least 1, got {parts}")
     base, extra = divmod(length, parts)
     return [base + 1 if i < extra else base for i in range(parts)]
-
-
-def chunk_offsets(sizes: list[int]) -> list[int]:
-    """Start offset of each piece, given the pieces' sizes."""
-    offsets, total = [], 0
-    for size in sizes:
-        offsets.append(total)
-        total += size
-    return offsets
 
 
 def ring_orders(num_devices: int, num_rings: int) -> list[list[int]]:
@@ -137,3 +130,33 @@ def halving_doubling_plan(num_devices: int, length: int) -> HalvingDoublingPlan:
         intervals.append(after)
         current = after
     return HalvingDoublingPlan(core, folds, distances, intervals)
+
+
+def torus_rows(num_devices: int, rows: int = 1) -> int:
+    """The row count of a 2-D torus over ``num_devices`` devices.
+
+    ``rows == 1`` chooses: the largest divisor of ``num_devices`` not above its square
+    root (1 for a prime count, where the torus is a single ring).
+
+    Raises:
+        ValueError: ``num_devices`` or ``rows`` below 1, or ``rows`` does not divide
+            ``num_devices``.
+    """
+    if num_devices < 1 or rows < 1:
+        raise ValueError(f"need at least one device and one row, got {num_devices}, {rows}")
+    if rows == 1:
+        return max(r for r in range(1, math.isqrt(num_devices) + 1) if num_devices % r == 0)
+    if num_devices % rows:
+        raise ValueError(f"torus#{rows}: {rows} rows do not divide {num_devices} devices")
+    return rows
+
+
+def torus_grid(num_devices: int, rows: int) -> list[list[int]]:
+    """Device indices of a ``rows`` x ``num_devices // rows`` torus, row by row.
+
+    Raises:
+        ValueError: as :func:`torus_rows`.
+    """
+    rows = torus_rows(num_devices, rows)
+    columns = num_devices // rows
+    return [list(range(r * columns, (r + 1) * columns)) for r in range(rows)]

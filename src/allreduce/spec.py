@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from allreduce.registry import get_algorithm
+from allreduce.validation import check_int
 
 __all__ = [
     "AllReduceSpecTuple",
@@ -26,6 +27,7 @@ __all__ = [
     "parse_all_reduce_spec",
     "parse_general_int",
     "select_spec_tuple",
+    "validate_spec_tuples",
 ]
 
 _SUFFIXES = {"": 1, "K": 1024, "k": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -130,33 +132,47 @@ def _format_limit(limit: int) -> str:
     return str(limit)
 
 
+def validate_spec_tuples(tuples: Iterable[AllReduceSpecTuple | Sequence]) -> list[AllReduceSpecTuple]:
+    """Checks spec tuples against the parser's rules and returns them as
+    :class:`AllReduceSpecTuple`.
+
+    Raises:
+        TypeError: a tuple is not a sequence of three fields.
+        ValueError: the tuples do not describe a valid spec (unknown algorithm, a shard
+            count below 1, limits that do not increase, or a last limit other than -1).
+    """
+    items = []
+    for t in tuples:
+        if isinstance(t, str) or not isinstance(t, Sequence) or len(t) != 3:
+            raise TypeError(f"a spec tuple must be (alg, shards, limit), got {t!r}")
+        items.append(AllReduceSpecTuple(*t))
+    if not items:
+        raise ValueError("a spec needs at least one (alg, shards, limit) tuple, got none")
+    for i, (alg, shards, limit) in enumerate(items):
+        info = get_algorithm(alg)
+        check_int(f"the shards of spec tuple {items[i]}", shards, minimum=1)
+        if shards > 1 and not info.takes_shards:
+            raise ValueError(f"spec tuple {items[i]}: algorithm {alg!r} takes no shard count")
+        if i == len(items) - 1:
+            if limit != UNLIMITED:
+                raise ValueError(f"spec tuple {items[i]}: the last limit must be -1 (no limit)")
+            continue
+        check_int(f"the limit of spec tuple {items[i]}", limit, minimum=0)
+        if i > 0 and limit <= items[i - 1].limit:
+            raise ValueError(f"spec tuple {items[i]}: limits must increase")
+    return items
+
+
 def format_all_reduce_spec(tuples: Iterable[AllReduceSpecTuple | Sequence]) -> str:
     """Formats spec tuples as a string that :func:`parse_all_reduce_spec` reads back.
 
     Raises:
-        ValueError: the tuples do not describe a valid spec (unknown algorithm, a shard
-            count below 1, limits that do not increase, or a last limit other than -1).
+        TypeError, ValueError: as :func:`validate_spec_tuples`.
     """
-    items = [AllReduceSpecTuple(*t) for t in tuples]
-    if not items:
-        raise ValueError("cannot format an empty list of spec tuples")
     pieces = []
-    for i, (alg, shards, limit) in enumerate(items):
-        info = get_algorithm(alg)
-        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-            raise ValueError(f"spec tuple {items[i]}: shards must be an int of at least 1")
-        if shards > 1 and not info.takes_shards:
-            raise ValueError(f"spec tuple {items[i]}: algorithm {alg!r} takes no shard count")
+    for alg, shards, limit in validate_spec_tuples(tuples):
         pieces.append(alg if shards == 1 else f"{alg}#{shards}")
-        last = i == len(items) - 1
-        if last:
-            if limit != UNLIMITED:
-                raise ValueError(f"spec tuple {items[i]}: the last limit must be -1 (no limit)")
-        else:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-                raise ValueError(f"spec tuple {items[i]}: limit must be a non-negative int")
-            if i > 0 and limit <= items[i - 1].limit:
-                raise ValueError(f"spec tuple {items[i]}: limits must increase")
+        if limit != UNLIMITED:
             pieces.append(_format_limit(limit))
     return ":".join(pieces)
 

@@ -26,15 +26,6 @@ CPU_REDUCING = [
 CPU_COMPOSABLE = [n for n in CPU_REDUCING if get_algorithm(n).composable]
 
 
-def max_shards(alg: str, n: int) -> int:
-    """The largest shard count the algorithm can honour on ``n`` logical CPUs."""
-    info = get_algorithm(alg)
-    if not info.takes_shards:
-        return 1
-    upper = info.levels[-1] if info.levels else alg
-    return n if upper == "pscpu" else 5
-
-
 @st.composite
 def partitions(draw: st.DrawFn, n: int) -> list[list[int]]:
     """A random grouping of 0..n-1 into workers (contiguous or shuffled)."""
@@ -49,18 +40,23 @@ def cases(draw: st.DrawFn, alg: str | None = None) -> dict:
     if alg is None:
         alg = f"{draw(st.sampled_from(CPU_COMPOSABLE))}/{draw(st.sampled_from(CPU_COMPOSABLE))}"
     n = draw(st.integers(1, 8))
-    shards = draw(st.integers(1, max_shards(alg, n if "/" not in alg else 1)))
+    devices = [cpu(i) for i in range(n)]
+    groups = draw(partitions(n)) if "/" in alg else None
+    info = get_algorithm(alg)
+    # The shard counts the registry says this algorithm honours on these devices.
+    valid = [k for k in range(1, 9) if info.takes_shards or k == 1]
+    shards = draw(st.sampled_from([k for k in valid if info.problem(devices, k, groups) is None]))
     dtype = draw(st.sampled_from(ALL_TEST_DTYPES))
     reduction = "sum" if dtype.is_integer else draw(st.sampled_from(["sum", "mean"]))
     return dict(
         spec=alg if shards == 1 else f"{alg}#{shards}",
         n=n,
-        devices=[cpu(i) for i in range(n)],
+        devices=devices,
         shape=draw(shapes),
         dtype=dtype,
         reduction=reduction,
         graph=draw(st.booleans()),
-        groups=draw(partitions(n)) if "/" in alg else None,
+        groups=groups,
         seed=draw(st.integers(0, 2**32 - 1)),
     )
 
@@ -116,6 +112,24 @@ def check_outputs(case: dict, inputs: list[np.ndarray], outputs: list[tf.Tensor]
 def test_all_reduce_matches_numpy_sum(alg: str, data: st.DataObject) -> None:
     case = data.draw(cases(alg))
     check_outputs(case, *run_case(case))
+
+
+SHARDED = [n for n in CPU_REDUCING if get_algorithm(n).takes_shards]
+
+
+@pytest.mark.parametrize("alg", SHARDED)
+@given(n=st.integers(1, 8), shards=st.integers(2, 12))
+def test_shard_counts_the_registry_refuses_raise_its_reason(alg: str, n: int, shards: int) -> None:
+    devices = [cpu(i) for i in range(n)]
+    problem = get_algorithm(alg).problem(devices, shards)
+    tensors = [make_tensor(np.ones([3]), tf.float32, d) for d in devices]
+    if problem is None:
+        outputs = allreduce.all_reduce(tensors, f"{alg}#{shards}")
+        assert all(np.all(out.numpy() == n) for out in outputs)
+    else:
+        with pytest.raises(ValueError) as info:
+            allreduce.all_reduce(tensors, f"{alg}#{shards}")
+        assert str(info.value) == problem and str(shards) in problem
 
 
 @given(cases())

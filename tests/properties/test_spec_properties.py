@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from allreduce import AllReduceSpecTuple, format_all_reduce_spec, parse_all_reduce_spec, parse_general_int
-from allreduce.registry import is_algorithm_name
+from allreduce.registry import get_algorithm
 from tests.strategies import SUFFIXES, spec_like_text, valid_spec_text
 
 
@@ -23,7 +23,7 @@ def test_parse_gives_increasing_limits_and_known_algorithms(spec: str) -> None:
     assert parsed[-1].limit == -1
     limits = [t.limit for t in parsed[:-1]]
     assert limits == sorted(set(limits))
-    assert all(t.shards >= 1 and is_algorithm_name(t.alg) for t in parsed)
+    assert all(t.shards >= 1 and get_algorithm(t.alg).name == t.alg for t in parsed)
     assert len(parsed) == spec.count(":") // 2 + 1
 
 

@@ -19,7 +19,12 @@ def tensors(n: int = 3, shape: tuple = (4,), dtype: tf.DType = tf.float32) -> li
     [
         (lambda: [], {}, ValueError, "empty"),
         (lambda: "abc", {}, TypeError, "list of tensors"),
-        (lambda: [np.ones(3)], {}, TypeError, "tensors[0] must be a tf.Tensor"),
+        (
+            lambda: [np.ones(3)],
+            {},
+            TypeError,
+            "tensors[0] must be a dense tf.Tensor (or tf.Variable), got ndarray",
+        ),
         (lambda: [*tensors(2), *tensors(1, (5,))], {}, ValueError, "tensors[2] has shape (5,)"),
         (
             lambda: [*tensors(2), *tensors(1, dtype=tf.float64)],
@@ -94,7 +99,7 @@ def test_collective_needs_distinct_devices() -> None:
     ("towers", "fragment"),
     [
         ([], "empty"),
-        ([[], [1]], "tower_grads[1] has 1 gradients"),
+        ([[], [1]], "tower_tensors[1] has 1 tensors but tower_tensors[0] has 0"),
         ("x", "list"),
     ],
 )
@@ -107,7 +112,7 @@ def test_batch_all_reduce_rejects_bad_towers(towers, fragment: str) -> None:
 def test_batch_all_reduce_rejects_mismatched_towers() -> None:
     a, b = tensors(2)
     c = make_tensor(np.ones([2, 2]), tf.float32, cpu(1))
-    with pytest.raises(ValueError, match=r"tower_grads\[1\]\[1\] has shape \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"tower_tensors\[1\]\[1\] is float32\(2, 2\)"):
         allreduce.batch_all_reduce([[a, a], [b, c]])
     with pytest.raises(ValueError, match="pack_max_group"):
         allreduce.batch_all_reduce([[a], [b]], pack_max_bytes=64, pack_max_group=0)

@@ -19,7 +19,14 @@ def test_too_many_after_start_is_a_runtime_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "error"), [((0,), ValueError), ((True,), ValueError), ((2, "TPU"), ValueError)]
+    ("args", "error"),
+    [
+        ((0,), ValueError),
+        ((True,), TypeError),
+        ((2, "TPU"), ValueError),
+        ((2, 3), TypeError),
+        ((2.0,), TypeError),
+    ],
 )
 def test_bad_arguments(args: tuple, error: type) -> None:
     with pytest.raises(error):

@@ -120,9 +120,9 @@ def test_device_prefixes_per_task() -> None:
 @pytest.mark.parametrize(
     ("job", "tasks", "error", "message"),
     [
-        ("worker", True, TypeError, "num_tasks must be an int, got True"),
-        ("worker", 2.0, TypeError, "num_tasks must be an int, got 2.0"),
-        ("worker", "2", TypeError, "num_tasks must be an int, got '2'"),
+        ("worker", True, TypeError, "num_tasks must be an int, got bool: True"),
+        ("worker", 2.0, TypeError, "num_tasks must be an int, got float: 2.0"),
+        ("worker", "2", TypeError, "num_tasks must be an int, got str: '2'"),
         ("worker", 0, ValueError, "num_tasks must be at least 1, got 0"),
         ("worker", -3, ValueError, "num_tasks must be at least 1, got -3"),
         ("localhost", 2, ValueError, "job 'localhost' has exactly one task, got num_tasks=2"),
@@ -144,9 +144,9 @@ def test_group_device_names_examples() -> None:
 @pytest.mark.parametrize(
     ("size", "error", "message"),
     [
-        (True, TypeError, "group_size must be an int, got True"),
-        (2.0, TypeError, "group_size must be an int, got 2.0"),
-        ("2", TypeError, "group_size must be an int, got '2'"),
+        (True, TypeError, "group_size must be an int, got bool: True"),
+        (2.0, TypeError, "group_size must be an int, got float: 2.0"),
+        ("2", TypeError, "group_size must be an int, got str: '2'"),
         (0, ValueError, "group_size must be at least 1, got 0"),
         (4, ValueError, "group_size=4 exceeds the 3 devices ['a', 'b', 'c']"),
     ],

@@ -29,28 +29,28 @@ def test_extract_ranges_leaves_its_input_alone() -> None:
 
 
 @pytest.mark.parametrize(
-    ("indices", "message"),
+    ("indices", "error", "message"),
     [
-        ([1, 1], "index_list must be strictly increasing: 1 then 1"),
-        ([0, 5, 4], "index_list must be strictly increasing: 5 then 4"),
-        ([3, -1], "index_list must hold non-negative ints, got -1"),
-        ([-2], "index_list must hold non-negative ints, got -2"),
-        ([0, True], "index_list must hold non-negative ints, got True"),
-        ([1.0], "index_list must hold non-negative ints, got 1.0"),
-        (["1"], "index_list must hold non-negative ints, got '1'"),
+        ([1, 1], ValueError, "index_list must be strictly increasing: 1 then 1"),
+        ([0, 5, 4], ValueError, "index_list must be strictly increasing: 5 then 4"),
+        ([3, -1], ValueError, "index_list[1] must be at least 0, got -1"),
+        ([-2], ValueError, "index_list[0] must be at least 0, got -2"),
+        ([0, True], TypeError, "index_list[1] must be an int, got bool: True"),
+        ([1.0], TypeError, "index_list[0] must be an int, got float: 1.0"),
+        (["1"], TypeError, "index_list[0] must be an int, got str: '1'"),
     ],
 )
-def test_extract_ranges_rejects_bad_indices(indices: list, message: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(message)):
+def test_extract_ranges_rejects_bad_indices(indices: list, error: type, message: str) -> None:
+    with pytest.raises(error, match=re.escape(message)):
         extract_ranges(indices)
 
 
 @pytest.mark.parametrize(
     ("limit", "error", "message"),
     [
-        (True, TypeError, "range_size_limit must be an int, got True"),
-        (4.0, TypeError, "range_size_limit must be an int, got 4.0"),
-        ("4", TypeError, "range_size_limit must be an int, got '4'"),
+        (True, TypeError, "range_size_limit must be an int, got bool: True"),
+        (4.0, TypeError, "range_size_limit must be an int, got float: 4.0"),
+        ("4", TypeError, "range_size_limit must be an int, got str: '4'"),
         (0, ValueError, "range_size_limit must be at least 1, got 0"),
         (-5, ValueError, "range_size_limit must be at least 1, got -5"),
     ],
@@ -93,10 +93,10 @@ def test_pack_plan_of_nothing() -> None:
     [
         (-1, 2, ValueError, "max_bytes must be at least 0, got -1"),
         (8, 0, ValueError, "max_group must be at least 1, got 0"),
-        (True, 2, TypeError, "max_bytes must be an int, got True"),
-        (8.0, 2, TypeError, "max_bytes must be an int, got 8.0"),
-        (8, "2", TypeError, "max_group must be an int, got '2'"),
-        (8, False, TypeError, "max_group must be an int, got False"),
+        (True, 2, TypeError, "max_bytes must be an int, got bool: True"),
+        (8.0, 2, TypeError, "max_bytes must be an int, got float: 8.0"),
+        (8, "2", TypeError, "max_group must be an int, got str: '2'"),
+        (8, False, TypeError, "max_group must be an int, got bool: False"),
     ],
 )
 def test_pack_plan_rejects_bad_limits(

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from allreduce.schedules import (
     HalvingDoublingPlan,
     Transfer,
-    chunk_offsets,
     halving_doubling_plan,
     ring_all_gather_steps,
     ring_orders,
@@ -34,18 +33,6 @@ def test_split_sizes_examples() -> None:
 def test_split_sizes_rejects_bad_counts(length: int, parts: int, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         split_sizes(length, parts)
-
-
-def test_chunk_offsets_examples() -> None:
-    assert chunk_offsets([]) == []
-    assert chunk_offsets([5]) == [0]
-    assert chunk_offsets([4, 3, 0, 2]) == [0, 4, 7, 7]
-
-
-@given(st.lists(st.integers(0, 100), max_size=20))
-def test_chunk_offsets_are_prefix_sums(sizes: list[int]) -> None:
-    offsets = chunk_offsets(sizes)
-    assert offsets == [sum(sizes[:i]) for i in range(len(sizes))]
 
 
 def test_ring_orders_examples() -> None:

@@ -44,32 +44,32 @@ def test_format_writes_the_largest_exact_suffix(limit: int, text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("tuples", "message"),
+    ("tuples", "error", "message"),
     [
-        ([], "cannot format an empty list of spec tuples"),
-        ([("xring", 0, -1)], "shards must be an int of at least 1"),
-        ([("xring", True, -1)], "shards must be an int of at least 1"),
-        ([("xring", "2", -1)], "shards must be an int of at least 1"),
-        ([("xring", 2.0, -1)], "shards must be an int of at least 1"),
-        ([("rechd", 2, -1)], "algorithm 'rechd' takes no shard count"),
-        ([("xring", 1, 7)], "the last limit must be -1 (no limit)"),
-        ([("xring", 1, 50), ("xring", 1, 100)], "the last limit must be -1 (no limit)"),
-        ([("xring", 1, True), ("xring", 1, -1)], "limit must be a non-negative int"),
-        ([("xring", 1, "2k"), ("xring", 1, -1)], "limit must be a non-negative int"),
-        ([("xring", 1, -2), ("xring", 1, -1)], "limit must be a non-negative int"),
-        ([("xring", 1, 8), ("pscpu", 1, 8), ("xring", 1, -1)], "limits must increase"),
-        ([("xring", 1, 9), ("pscpu", 1, 8), ("xring", 1, -1)], "limits must increase"),
+        ([], ValueError, "a spec needs at least one (alg, shards, limit) tuple, got none"),
+        (
+            [("xring", 0, -1)],
+            ValueError,
+            "shards of spec tuple AllReduceSpecTuple(alg='xring', shards=0, limit=-1) must be at least 1",
+        ),
+        ([("xring", True, -1)], TypeError, "must be an int, got bool: True"),
+        ([("xring", "2", -1)], TypeError, "must be an int, got str: '2'"),
+        ([("xring", 2.0, -1)], TypeError, "must be an int, got float: 2.0"),
+        ([("rechd", 2, -1)], ValueError, "algorithm 'rechd' takes no shard count"),
+        ([("xring", 1, 7)], ValueError, "the last limit must be -1 (no limit)"),
+        ([("xring", 1, 50), ("xring", 1, 100)], ValueError, "the last limit must be -1 (no limit)"),
+        ([("xring", 1, True), ("xring", 1, -1)], TypeError, "limit of spec tuple"),
+        ([("xring", 1, "2k"), ("xring", 1, -1)], TypeError, "must be an int, got str: '2k'"),
+        ([("xring", 1, -2), ("xring", 1, -1)], ValueError, "must be at least 0, got -2"),
+        ([("xring", 1, 8), ("pscpu", 1, 8), ("xring", 1, -1)], ValueError, "limits must increase"),
+        ([("xring", 1, 9), ("pscpu", 1, 8), ("xring", 1, -1)], ValueError, "limits must increase"),
+        (["xring"], TypeError, "a spec tuple must be (alg, shards, limit), got 'xring'"),
+        ([("xring", 1)], TypeError, "a spec tuple must be (alg, shards, limit), got ('xring', 1)"),
     ],
 )
-def test_format_rejects_invalid_tuples_saying_why(tuples: list, message: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(message)):
+def test_format_rejects_invalid_tuples_saying_why(tuples: list, error: type, message: str) -> None:
+    with pytest.raises(error, match=re.escape(message)):
         format_all_reduce_spec(tuples)
-
-
-def test_format_of_nothing_says_so() -> None:
-    with pytest.raises(ValueError) as info:
-        format_all_reduce_spec([])
-    assert str(info.value) == "cannot format an empty list of spec tuples"
 
 
 def test_format_error_names_the_tuple() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -9,6 +10,7 @@ from allreduce._tf import tf
 from allreduce.devices import DeviceName, parse_device_name
 from allreduce.registry import CPU, AlgorithmInfo
 from allreduce.schedules import split_sizes
+from allreduce.wire import PLAIN, Packet, Wire
 
 __all__ = [
     "ALIGN_BYTES",
@@ -18,6 +20,7 @@ __all__ = [
     "broadcast",
     "concat_each",
     "concat_on",
+    "forward",
     "reduce_to_one",
     "run_all_reduce",
     "shares_memory",
@@ -38,6 +41,8 @@ class BuildContext:
         worker_groups: input indices grouped by worker, for hierarchical algorithms;
             ``None`` groups by the ``/job/replica/task`` of the device names.
         timeout_s: the most seconds a collective may wait for its peers (0: no limit).
+        wire: how values cross devices (:class:`allreduce.wire.Wire`); every hop of a
+            builder goes through it.
     """
 
     info: AlgorithmInfo
@@ -45,6 +50,7 @@ class BuildContext:
     tensor_index: int = 0
     worker_groups: tuple[tuple[int, ...], ...] | None = None
     timeout_s: float = 0.0
+    wire: Wire = PLAIN
 
     def for_algorithm(self, info: AlgorithmInfo, shards: int = 1) -> BuildContext:
         """The same context for a level of a hierarchical algorithm."""
@@ -52,20 +58,25 @@ class BuildContext:
 
 
 def run_all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
-    """Runs ``ctx.info``'s builder; one input is returned as a copy on its device.
+    """Runs ``ctx.info``'s builder; a single input is its own result.
 
     Raises:
-        ValueError: the algorithm needs distinct devices and two inputs share one.
+        ValueError: the algorithm cannot run on these devices with this shard count.
     """
-    if ctx.info.distinct_devices and len(set(devices)) != len(devices):
-        repeated = sorted({d for d in devices if list(devices).count(d) > 1})
-        raise ValueError(
-            f"{ctx.info.name} needs every input on a different device, but {repeated} "
-            "hold more than one; use e.g. 'xring' or 'pscpu' instead"
-        )
+    problem = _problem(ctx.info, tuple(devices), ctx.shards, ctx.worker_groups)
+    if problem is not None:
+        raise ValueError(problem)
     if len(values) == 1:
-        return broadcast(values[0], devices)
+        return [values[0]]
     return list(ctx.info.load_builder()(list(values), list(devices), ctx))
+
+
+@functools.lru_cache(maxsize=1024)
+def _problem(
+    info: AlgorithmInfo, devices: tuple[str, ...], shards: int, groups: tuple[tuple[int, ...], ...] | None
+) -> str | None:
+    # The same devices and spec recur for every tensor of a batch.
+    return info.problem(devices, shards, groups)
 
 
 def reduce_to_one(
@@ -81,13 +92,20 @@ def reduce_to_one(
     return run_all_reduce(values, devices, ctx)[0], devices[0]
 
 
-def broadcast(value: tf.Tensor, devices: Sequence[str]) -> list[tf.Tensor]:
-    """A copy of ``value`` on each device."""
-    out = []
-    for device in devices:
-        with tf.device(device):
-            out.append(tf.identity(value))
-    return out
+def forward(packet: Packet, device: str) -> Packet:
+    """A copy of ``packet`` on ``device`` (one hop of a final value)."""
+    with tf.device(device):
+        return packet._replace(tensor=tf.identity(packet.tensor), device=device)
+
+
+def broadcast(value: tf.Tensor, src: str, devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
+    """The final ``value`` (on ``src``) on each of ``devices``, bitwise identical.
+
+    ``src`` keeps ``value`` itself unless the wire transforms a hop, in which case it
+    decodes the same packet as everyone else.
+    """
+    packet = ctx.wire.publish(value, src, devices)
+    return [ctx.wire.open(packet, d) for d in devices]
 
 
 #: TensorFlow's ``Split`` hands out slices of its input's buffer, instead of copies,
@@ -134,13 +152,15 @@ def concat_on(pieces: Sequence[tf.Tensor], device: str) -> tf.Tensor:
         return tf.concat(list(pieces), axis=0)
 
 
-def concat_each(pieces: Sequence[Sequence[tf.Tensor]], devices: Sequence[str]) -> list[tf.Tensor]:
-    """``concat_on(pieces[i], devices[i])`` for each ``i``, where every ``pieces[i]``
-    holds the same values.
+def concat_each(
+    packets: Sequence[Sequence[Packet]], devices: Sequence[str], ctx: BuildContext
+) -> list[tf.Tensor]:
+    """The concatenation of ``packets[i]``, opened on ``devices[i]``, for each ``i``,
+    where every ``packets[i]`` carries the same values.
 
     CPUs of one worker share memory, so the first CPU of each worker concatenates once
     and the others take a copy of its result, which moves no bytes; other devices each
-    concatenate their own pieces.
+    concatenate their own pieces. A device whose single piece is already there uses it.
     """
     out: list[tf.Tensor] = []
     first: dict[tuple[str, int, int], int] = {}
@@ -150,8 +170,20 @@ def concat_each(pieces: Sequence[Sequence[tf.Tensor]], devices: Sequence[str]) -
         if j != i:
             with tf.device(device):
                 out.append(tf.identity(out[j]))
-        else:
-            out.append(concat_on(pieces[i], device))
+            continue
+        pieces = packets[i]
+        if len(pieces) == 1:
+            out.append(ctx.wire.open(pieces[0], device))
+            continue
+        if all(p.encoded for p in pieces):
+            # Decode once: the wire format is elementwise, so it commutes with concat.
+            with tf.device(device):
+                joined = tf.concat([p.tensor for p in pieces], axis=0)
+            out.append(ctx.wire.open(pieces[0]._replace(tensor=joined, device=device), device))
+            continue
+        opened = [ctx.wire.open(p, p.device) if p.encoded else p.tensor for p in pieces]
+        with tf.device(device):
+            out.append(tf.concat(opened, axis=0))
     return out
 
 
@@ -161,8 +193,12 @@ def shares_memory(devices: Sequence[str]) -> bool:
     return all(p.device_type == CPU for p in parsed) and len({p.worker for p in parsed}) == 1
 
 
-def sum_on(values: Sequence[tf.Tensor], value_devices: Sequence[str], device: str) -> tf.Tensor:
+def sum_on(
+    values: Sequence[tf.Tensor], value_devices: Sequence[str], device: str, ctx: BuildContext
+) -> tf.Tensor:
     """``tf.add_n(values)`` on ``device``; ``value_devices[i]`` is where ``values[i]`` sits.
+
+    Each value arrives through the wire (:meth:`allreduce.wire.Wire.receive`).
 
     Grappler's memory optimizer rewrites an ``AddN`` of more than two inputs, one of
     them on the ``AddN``'s own device, into a zeroed temporary variable and one
@@ -173,7 +209,7 @@ def sum_on(values: Sequence[tf.Tensor], value_devices: Sequence[str], device: st
     share memory, so that moves no bytes. The sum and its bits are unchanged. Below
     :data:`HOP_MIN_BYTES` a rewrite costs little and the extra op would cost more.
     """
-    values = list(values)
+    values = [ctx.wire.receive(v, src, device) for v, src in zip(values, value_devices)]
     target = parse_device_name(device)
     size = values[0].shape.num_elements() or 0
     large = len(values) > 2 and size * values[0].dtype.size >= HOP_MIN_BYTES

@@ -1,9 +1,15 @@
 """TensorFlow collective all-reduce (``collective``): ``CollectiveReduceV2``.
 
-Works within one process and across workers of a cluster. Each launch gets a fresh
-instance key; devices share a group key per device set. Each device's collectives are
-ordered by a per-device resource token, so that a ``tf.function`` does not chain the
-members of one collective one after another (which would deadlock).
+Works within one process and across workers of a cluster. Devices share a group key
+per device set. Every launch takes a fresh instance key *when it runs*: a counter on
+this process's CPU hands one out per execution, so two threads running the same traced
+graph at once never present one instance key twice (TensorFlow aborts every collective
+of the process when they do). Each device's collectives are ordered by a per-device
+resource token, so that a ``tf.function`` does not chain the members of one collective
+one after another (which would deadlock).
+
+In a TensorFlow 1 graph built for a ``Session`` the instance key is fixed when the
+graph is built, as TensorFlow's own collectives do.
 """
 
 from __future__ import annotations
@@ -14,14 +20,14 @@ import weakref
 from collections.abc import Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms._graph import call_in_graph, clear_cache
 from allreduce.algorithms.base import BuildContext
 from allreduce.runtime_hooks import on_context_change
 
 _lock = threading.Lock()
 _group_keys: dict[tuple[str, ...], int] = {}
 _next_group_keys = itertools.count(1)
-_instance_keys = itertools.count(1)
+_graph_instance_keys = itertools.count(1 << 30)
+_counter: list[tf.Variable] = []
 _tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -42,17 +48,33 @@ def forget_groups() -> None:
 
     TensorFlow remembers each group's devices with their incarnations; once the eager
     context changes (connecting to or leaving a cluster) an old key names stale
-    devices and its collectives abort. The cached ``tf.function``s that hold old keys
-    are dropped too.
+    devices and its collectives abort. The instance-key counter, a variable of the old
+    context, is made anew too.
     """
     with _lock:
         _group_keys.clear()
-    clear_cache()
+        _counter.clear()
 
 
-def _next_instance_key() -> int:
+def _instance_counter() -> tf.Variable:
+    """The process-wide instance-key counter, created outside any graph on first use."""
     with _lock:
-        return next(_instance_keys)
+        if not _counter:
+            with tf.init_scope(), tf.device("/device:CPU:0"):
+                _counter.append(
+                    tf.Variable(0, dtype=tf.int32, trainable=False, name="allreduce_instance_key")
+                )
+        return _counter[0]
+
+
+def _instance_key() -> tf.Tensor:
+    """A fresh instance key for each execution of the graph being built."""
+    if not tf.compat.v1.executing_eagerly_outside_functions():
+        with _lock:
+            return tf.constant(next(_graph_instance_keys))
+    counter = _instance_counter()
+    with tf.device(counter.device):
+        return counter.assign_add(1, read_value=True)
 
 
 def _ordering_token(device: str) -> tf.Tensor:
@@ -66,11 +88,11 @@ def _ordering_token(device: str) -> tf.Tensor:
     return token
 
 
-def build(values: Sequence[tf.Tensor], devices: Sequence[str], timeout_s: float = 0.0) -> list[tf.Tensor]:
-    """Emits one ``CollectiveReduceV2`` per device (graph mode only)."""
+def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
+    """Emits one ``CollectiveReduceV2`` per device over 1-D ``values``."""
     size = len(values)
     key = group_key(devices)
-    instance = _next_instance_key()
+    instance = _instance_key()
     out = []
     for value, device in zip(values, devices):
         with tf.device(device):
@@ -79,18 +101,12 @@ def build(values: Sequence[tf.Tensor], devices: Sequence[str], timeout_s: float 
                     input=value,
                     group_size=tf.constant(size),
                     group_key=tf.constant(key),
-                    instance_key=tf.constant(instance),
+                    instance_key=instance,
                     ordering_token=[_ordering_token(device)],
                     merge_op="Add",
                     final_op="Id",
                     communication_hint="auto",
-                    timeout_seconds=float(timeout_s),
+                    timeout_seconds=float(ctx.timeout_s),
                 )
             )
     return out
-
-
-def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
-    """Collective all-reduce of 1-D ``values``."""
-    key = ("collective", tuple(devices), values[0].shape[0], values[0].dtype, ctx.timeout_s)
-    return call_in_graph(key, lambda vs: build(vs, devices, ctx.timeout_s), values, devices)

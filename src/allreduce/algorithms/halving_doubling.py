@@ -11,19 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext, concat_each, shares_memory, split_on
-from allreduce.schedules import halving_doubling_plan
+from allreduce.algorithms.base import BuildContext, concat_each, forward, shares_memory, split_on
+from allreduce.schedules import HalvingDoublingPlan, halving_doubling_plan
+from allreduce.wire import Packet
 
 
-def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
-    """Recursive halving-doubling all-reduce of 1-D ``values``."""
-    n = len(values)
-    plan = halving_doubling_plan(n, values[0].shape[0])
-    held = list(values)
-    for extra, partner in plan.folds:
-        with tf.device(devices[partner]):
-            held[partner] = tf.add(held[partner], held[extra])
-    core = held[: plan.core]
+def _halve(
+    core: list[tf.Tensor], devices: Sequence[str], plan: HalvingDoublingPlan, ctx: BuildContext
+) -> list[tf.Tensor]:
+    """The halving rounds: core device ``i`` ends with the sum of its final interval."""
     for d, after in zip(plan.distances, plan.intervals):
         halves = []
         for i in range(plan.core):
@@ -33,25 +29,48 @@ def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildCo
         reduced = []
         for i in range(plan.core):
             keep = 0 if i & d == 0 else 1
+            theirs = ctx.wire.receive(halves[i ^ d][keep], devices[i ^ d], devices[i])
             with tf.device(devices[i]):
-                reduced.append(tf.add(halves[i][keep], halves[i ^ d][keep]))
+                reduced.append(tf.add(halves[i][keep], theirs))
         core = reduced
-    if shares_memory(devices[: plan.core]) and plan.distances:
+    return core
+
+
+def _double(packets: list[Packet], devices: Sequence[str], plan: HalvingDoublingPlan) -> list[Packet]:
+    """The doubling rounds: partners exchange what they hold, in reverse order."""
+    for d in reversed(plan.distances):
+        grown = []
+        for i in range(plan.core):
+            mine, theirs = packets[i], forward(packets[i ^ d], devices[i])
+            with tf.device(devices[i]):
+                pair = [mine.tensor, theirs.tensor] if i & d == 0 else [theirs.tensor, mine.tensor]
+                grown.append(mine._replace(tensor=tf.concat(pair, axis=0)))
+        packets = grown
+    return packets
+
+
+def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
+    """Recursive halving-doubling all-reduce of 1-D ``values``."""
+    n = len(values)
+    plan = halving_doubling_plan(n, values[0].shape[0])
+    held = list(values)
+    for extra, partner in plan.folds:
+        theirs = ctx.wire.receive(held[extra], devices[extra], devices[partner])
+        with tf.device(devices[partner]):
+            held[partner] = tf.add(held[partner], theirs)
+    core_devices = devices[: plan.core]
+    core = _halve(held[: plan.core], devices, plan, ctx)
+    packets = [ctx.wire.publish(v, d, devices) for v, d in zip(core, core_devices)]
+    if shares_memory(core_devices):
         # Doubling only moves the reduced pieces; where the devices share memory that
         # is free, and one concatenation of all the pieces replaces log2(n) rounds.
-        final = plan.intervals[-1]
-        ordered = [core[i] for i in sorted(range(plan.core), key=lambda i: final[i])]
-        core = concat_each([ordered] * plan.core, devices[: plan.core])
+        final = plan.intervals[-1] if plan.distances else [(0, 0)]
+        ordered = [packets[i] for i in sorted(range(plan.core), key=lambda i: final[i])]
+        results = concat_each([ordered] * plan.core, core_devices, ctx)
     else:
-        for d in reversed(plan.distances):
-            grown = []
-            for i in range(plan.core):
-                mine, theirs = core[i], core[i ^ d]
-                with tf.device(devices[i]):
-                    grown.append(tf.concat([mine, theirs] if i & d == 0 else [theirs, mine], axis=0))
-            core = grown
-    results = list(core) + [None] * (n - plan.core)
+        results = [ctx.wire.open(p, d) for p, d in zip(_double(packets, devices, plan), core_devices)]
+    results += [None] * (n - plan.core)
     for extra, partner in plan.folds:
         with tf.device(devices[extra]):
-            results[extra] = tf.identity(core[partner])
+            results[extra] = tf.identity(results[partner])
     return results

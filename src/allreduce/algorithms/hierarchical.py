@@ -31,7 +31,7 @@ def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildCo
     if len(groups) > 1:
         sums = run_all_reduce(sums, sum_devices, ctx.for_algorithm(upper, ctx.shards))
     results: list[tf.Tensor | None] = [None] * len(values)
-    for group, total in zip(groups, sums):
-        for i, copy in zip(group, broadcast(total, [devices[i] for i in group])):
+    for group, total, where in zip(groups, sums, sum_devices):
+        for i, copy in zip(group, broadcast(total, where, [devices[i] for i in group], ctx)):
             results[i] = copy
     return results

@@ -1,6 +1,8 @@
 """NVIDIA NCCL all-reduce (``nccl``) through ``tf.raw_ops.NcclAllReduce``; GPUs only.
 
-NCCL needs every input on a different physical GPU of one process.
+NCCL needs every input on a different physical GPU of one process. The ops of one
+all-reduce share a name that no other all-reduce uses, so that concurrent launches
+never meet.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import threading
 from collections.abc import Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms._graph import call_in_graph
 from allreduce.algorithms.base import BuildContext
 
 _lock = threading.Lock()
@@ -22,8 +23,9 @@ def _shared_name() -> str:
         return f"allreduce_nccl_{next(_names)}"
 
 
-def build(values: Sequence[tf.Tensor], devices: Sequence[str]) -> list[tf.Tensor]:
-    """Emits one ``NcclAllReduce`` per GPU (graph mode only)."""
+def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
+    """Emits one ``NcclAllReduce`` per GPU over 1-D ``values``."""
+    del ctx
     name = _shared_name()
     out = []
     for value, device in zip(values, devices):
@@ -34,9 +36,3 @@ def build(values: Sequence[tf.Tensor], devices: Sequence[str]) -> list[tf.Tensor
                 )
             )
     return out
-
-
-def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
-    """NCCL all-reduce of 1-D ``values``."""
-    key = ("nccl", tuple(devices), values[0].shape[0], values[0].dtype)
-    return call_in_graph(key, lambda vs: build(vs, devices), values, devices)

@@ -3,46 +3,84 @@
 The vector is cut into ``k`` subchunks, each reduced by its own ring with a rotated
 device order (:func:`allreduce.schedules.ring_orders`); each subchunk is cut into one
 near-equal chunk per device (whole multiples of 64 bytes where the length allows, so
-that cutting copies nothing), so sizes need not divide. CPUs of one worker share
-memory: after the all-gather they hold the same chunks, and concatenate them once.
+that cutting copies nothing), so sizes need not divide. Empty chunks (a vector shorter
+than the ring) emit nothing. CPUs of one worker share memory: after the all-gather they
+hold the same chunks, and concatenate them once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext, aligned_split_sizes, concat_each, split_on
-from allreduce.schedules import ring_all_gather_steps, ring_orders, ring_reduce_scatter_steps
+from allreduce.algorithms.base import BuildContext, aligned_split_sizes, concat_each, forward, split_on
+from allreduce.schedules import ring_orders
+from allreduce.wire import Packet
+
+
+def reduce_scatter(
+    pieces: Sequence[Mapping[int, tf.Tensor]], devices: Sequence[str], order: Sequence[int], ctx: BuildContext
+) -> dict[int, tf.Tensor]:
+    """Ring reduce-scatter: ``pieces[i][c]`` is chunk ``c`` on ``devices[i]``, for the
+    chunks ``c`` (ring positions ``0..n-1``) that are present. Returns ``{c: sum}``,
+    each sum on device ``order[c - 1]``.
+
+    Chunk ``c`` starts at ring position ``c`` and each next position adds its piece, as
+    :func:`allreduce.schedules.ring_reduce_scatter_steps` schedules it.
+    """
+    n = len(order)
+    sums = {}
+    for c in pieces[0]:
+        src = order[c]
+        partial = pieces[src][c]
+        for step in range(1, n):
+            dst = order[(c + step) % n]
+            with tf.device(devices[dst]):
+                partial = tf.add(ctx.wire.receive(partial, devices[src], devices[dst]), pieces[dst][c])
+            src = dst
+        sums[c] = partial
+    return sums
+
+
+def all_gather(
+    sums: Mapping[int, tf.Tensor], devices: Sequence[str], order: Sequence[int], ctx: BuildContext
+) -> list[dict[int, Packet]]:
+    """Ring all-gather after :func:`reduce_scatter`: ``result[i][c]`` is chunk ``c``'s
+    packet on ``devices[i]``, forwarded hop by hop from its owner."""
+    n = len(order)
+    held: list[dict[int, Packet]] = [{} for _ in devices]
+    for c, total in sums.items():
+        position = (c + n - 1) % n
+        packet = ctx.wire.publish(total, devices[order[position]], devices)
+        held[order[position]][c] = packet
+        for step in range(1, n):
+            device = order[(position + step) % n]
+            packet = forward(packet, devices[device])
+            held[device][c] = packet
+    return held
 
 
 def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
     """Ring all-reduce of 1-D ``values`` over ``ctx.shards`` rings."""
     n = len(values)
-    length = values[0].shape[0]
-    rings = ctx.shards
     itemsize = values[0].dtype.size
-    sizes = [
-        size
-        for sub in aligned_split_sizes(length, rings, itemsize)
-        for size in aligned_split_sizes(sub, n, itemsize)
+    sub_sizes = aligned_split_sizes(values[0].shape[0], ctx.shards, itemsize)
+    # (ring, position in the ring, size) of every non-empty chunk, in vector order.
+    chunks = [
+        (r, c, size)
+        for r, sub in enumerate(sub_sizes)
+        for c, size in enumerate(aligned_split_sizes(sub, n, itemsize))
+        if size
     ]
-    pieces = [split_on(v, d, sizes) for v, d in zip(values, devices)]
-    gathered: list[list[tf.Tensor | None]] = [[None] * len(sizes) for _ in range(n)]
-    for r, order in enumerate(ring_orders(n, rings)):
-        base = r * n
-        partial = {(p, c): pieces[order[p]][base + c] for p in range(n) for c in range(n)}
-        for step in ring_reduce_scatter_steps(n):
-            for src, dst, chunk in step:
-                device = order[dst]
-                with tf.device(devices[device]):
-                    partial[dst, chunk] = tf.add(partial[src, chunk], pieces[device][base + chunk])
-        full = {(p, (p + 1) % n): partial[p, (p + 1) % n] for p in range(n)}
-        for step in ring_all_gather_steps(n):
-            for src, dst, chunk in step:
-                with tf.device(devices[order[dst]]):
-                    full[dst, chunk] = tf.identity(full[src, chunk])
-        for p in range(n):
-            for c in range(n):
-                gathered[order[p]][base + c] = full[p, c]
-    return concat_each(gathered, devices)
+    split = [split_on(v, d, [size for _, _, size in chunks]) for v, d in zip(values, devices)]
+    held: dict[tuple[int, int], list[Packet]] = {}
+    for r, order in enumerate(ring_orders(n, ctx.shards)):
+        mine = [(k, c) for k, (ring, c, _) in enumerate(chunks) if ring == r]
+        if not mine:
+            continue
+        pieces = [{c: split[d][k] for k, c in mine} for d in range(n)]
+        gathered = all_gather(reduce_scatter(pieces, devices, order, ctx), devices, order, ctx)
+        for _, c in mine:
+            held[r, c] = [gathered[d][c] for d in range(n)]
+    ordered = [held[r, c] for r, c, _ in chunks]
+    return concat_each([[packets[d] for packets in ordered] for d in range(n)], devices, ctx)

@@ -20,39 +20,14 @@ from allreduce.algorithms.base import (
     split_on,
     sum_on,
 )
-from allreduce.devices import group_device_names, parse_device_name
+from allreduce.devices import gather_candidates, group_device_names
 from allreduce.registry import CPU, GPU
 
 
-def gather_candidates(devices: Sequence[str], device_type: str) -> list[str]:
-    """The devices a shuffle of ``device_type`` may gather on, in order, without repeats."""
-    found: dict[str, None] = {}
-    for name in devices:
-        if parse_device_name(name).device_type == device_type:
-            found.setdefault(name, None)
-    if device_type == CPU:
-        covered = {parse_device_name(name).worker for name in found}
-        for name in devices:
-            parsed = parse_device_name(name)
-            if parsed.worker not in covered:
-                found.setdefault(parsed.with_device(CPU, 0), None)
-                covered.add(parsed.worker)
-    return list(found)
-
-
 def gather_group(devices: Sequence[str], ctx: BuildContext, device_type: str) -> list[str]:
-    """The ``ctx.shards`` gather devices for this tensor, chosen round-robin.
-
-    Raises:
-        ValueError: fewer candidate gather devices than shards.
-    """
-    candidates = gather_candidates(devices, device_type)
-    if ctx.shards > len(candidates):
-        raise ValueError(
-            f"{ctx.info.name}#{ctx.shards} needs {ctx.shards} distinct {device_type} gather "
-            f"devices but the inputs offer {len(candidates)}: {candidates}"
-        )
-    groups = group_device_names(candidates, ctx.shards)
+    """The ``ctx.shards`` gather devices for this tensor, chosen round-robin from
+    :func:`allreduce.devices.gather_candidates` (the registry has checked there are enough)."""
+    groups = group_device_names(gather_candidates(devices, device_type), ctx.shards)
     return groups[ctx.tensor_index % len(groups)]
 
 
@@ -61,21 +36,24 @@ def _shard_sums(
 ) -> tuple[list[tf.Tensor], list[str]]:
     group = gather_group(devices, ctx, device_type)
     sizes = aligned_split_sizes(values[0].shape[0], ctx.shards, values[0].dtype.size)
-    shards = [split_on(v, d, sizes) for v, d in zip(values, devices)]
-    sums = []
-    for s, gather in enumerate(group):
-        sums.append(sum_on([pieces[s] for pieces in shards], devices, gather))
-    return sums, group
+    kept = [i for i, size in enumerate(sizes) if size]
+    shards = [split_on(v, d, [sizes[i] for i in kept]) for v, d in zip(values, devices)]
+    sums = [sum_on([pieces[k] for pieces in shards], devices, group[i], ctx) for k, i in enumerate(kept)]
+    return sums, [group[i] for i in kept]
 
 
 def _all_reduce(values, devices, ctx, device_type):
-    sums, _ = _shard_sums(values, devices, ctx, device_type)
-    return concat_each([sums] * len(devices), devices)
+    sums, where = _shard_sums(values, devices, ctx, device_type)
+    packets = [ctx.wire.publish(s, w, devices) for s, w in zip(sums, where)]
+    return concat_each([packets] * len(devices), devices, ctx)
 
 
 def _reduce(values, devices, ctx, device_type):
-    sums, group = _shard_sums(values, devices, ctx, device_type)
-    return concat_on(sums, group[0]), group[0]
+    sums, where = _shard_sums(values, devices, ctx, device_type)
+    if len(sums) == 1:
+        return sums[0], where[0]
+    moved = [ctx.wire.receive(s, w, where[0]) for s, w in zip(sums, where)]
+    return concat_on(moved, where[0]), where[0]
 
 
 def all_reduce_on_cpus(

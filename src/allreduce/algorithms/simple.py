@@ -12,13 +12,13 @@ def simple_reduce(
     values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext
 ) -> tuple[tf.Tensor, str]:
     """One ``add_n`` on the first device."""
-    return sum_on(values, devices, devices[0]), devices[0]
+    return sum_on(values, devices, devices[0], ctx), devices[0]
 
 
 def simple(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
     """One ``add_n`` on the first device, copied to every device."""
-    total, _ = simple_reduce(values, devices, ctx)
-    return broadcast(total, devices)
+    total, where = simple_reduce(values, devices, ctx)
+    return broadcast(total, where, devices, ctx)
 
 
 def better_reduce(
@@ -26,13 +26,13 @@ def better_reduce(
 ) -> tuple[tf.Tensor, str]:
     """One ``add_n`` on device ``tensor_index % n``, so a batch spreads over the devices."""
     device = devices[ctx.tensor_index % len(devices)]
-    return sum_on(values, devices, device), device
+    return sum_on(values, devices, device, ctx), device
 
 
 def better(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
     """Copy-based aggregation on a round-robin device, copied to every device."""
-    total, _ = better_reduce(values, devices, ctx)
-    return broadcast(total, devices)
+    total, where = better_reduce(values, devices, ctx)
+    return broadcast(total, where, devices, ctx)
 
 
 def trivial(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:

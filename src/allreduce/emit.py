@@ -1,0 +1,97 @@
+"""The one emitter: turns a batch plan (:mod:`allreduce.plan`) into TensorFlow ops.
+
+For each bucket it flattens (and, for a pack, concatenates) the members on each
+device, runs the bucket's algorithm, divides for a mean, and splits the result back
+with one op per device. It emits no op that does nothing: a 1-D tensor is not
+reshaped, a lone tensor is not concatenated or split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from allreduce._tf import tf
+from allreduce.algorithms.base import BuildContext, run_all_reduce
+from allreduce.plan import Bucket
+from allreduce.registry import get_algorithm
+from allreduce.wire import PLAIN, Wire
+
+__all__ = ["Options", "emit_batch"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """How every bucket of a batch is reduced (see :func:`allreduce.batch_all_reduce`)."""
+
+    reduction: str = "sum"
+    worker_groups: tuple[tuple[int, ...], ...] | None = None
+    timeout_s: float = 0.0
+    wire: Wire = PLAIN
+
+
+def _flatten(members: Sequence[tf.Tensor], device: str) -> tf.Tensor:
+    """The members as one 1-D tensor on ``device``."""
+    if len(members) == 1 and members[0].shape.rank == 1:
+        return members[0]
+    with tf.device(device):
+        flat = [m if m.shape.rank == 1 else tf.reshape(m, [-1]) for m in members]
+        return flat[0] if len(flat) == 1 else tf.concat(flat, axis=0)
+
+
+def _unflatten(value: tf.Tensor, shapes: Sequence[tf.TensorShape], device: str) -> list[tf.Tensor]:
+    """``value`` cut back into tensors of ``shapes``, on ``device``, with one split."""
+    with tf.device(device):
+        if len(shapes) == 1:
+            pieces = [value]
+        else:
+            pieces = tf.split(value, [s.num_elements() for s in shapes], axis=0, num=len(shapes))
+        return [p if s.rank == 1 else tf.reshape(p, s) for p, s in zip(pieces, shapes)]
+
+
+def _reduce_bucket(
+    columns: Sequence[Sequence[tf.Tensor]], devices: Sequence[str], bucket: Bucket, options: Options
+) -> list[tf.Tensor]:
+    """The all-reduced, flat bucket on every device (divided by the count for a mean)."""
+    info = get_algorithm(bucket.spec.alg)
+    flat = [_flatten(members, d) for members, d in zip(columns, devices)]
+    if bucket.length == 0 or len(devices) == 1:
+        out = []
+        for value, device in zip(flat, devices):
+            with tf.device(device):
+                out.append(tf.identity(value))
+        return out
+    ctx = BuildContext(
+        info=info,
+        shards=bucket.spec.shards,
+        tensor_index=bucket.index,
+        worker_groups=options.worker_groups,
+        timeout_s=options.timeout_s,
+        wire=options.wire,
+    )
+    summed = run_all_reduce(flat, devices, ctx)
+    if options.reduction != "mean" or not info.reduces:
+        return summed
+    out = []
+    for value, device in zip(summed, devices):
+        with tf.device(device):
+            out.append(tf.math.truediv(value, tf.constant(len(devices), dtype=value.dtype)))
+    return out
+
+
+def emit_batch(
+    towers: Sequence[Sequence[tf.Tensor]], devices: Sequence[str], buckets: Sequence[Bucket], options: Options
+) -> list[list[tf.Tensor]]:
+    """All-reduces ``towers[d][i]`` (tensor ``i`` on ``devices[d]``) bucket by bucket.
+
+    Returns ``result[d][i]`` shaped like ``towers[d][i]``, on ``devices[d]``.
+    """
+    out: list[list[tf.Tensor | None]] = [[None] * len(tower) for tower in towers]
+    for bucket in buckets:
+        columns = [[tower[i] for i in bucket.members] for tower in towers]
+        shapes = [t.shape for t in columns[0]]
+        reduced = _reduce_bucket(columns, devices, bucket, options)
+        for d, (value, device) in enumerate(zip(reduced, devices)):
+            for i, piece in zip(bucket.members, _unflatten(value, shapes, device)):
+                out[d][i] = piece
+    return out  # type: ignore[return-value]
