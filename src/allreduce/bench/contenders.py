@@ -21,11 +21,24 @@ from allreduce.bench.cases import Case
 from allreduce.registry import get_algorithm
 from allreduce.spec import parse_all_reduce_spec
 
-__all__ = ["FLOOR", "OURS", "PEER", "Contender", "Inputs", "Setup", "SpecContender", "default_specs"]
+__all__ = [
+    "FLOOR",
+    "LIBRARY_PACK_MAX_GROUP",
+    "OURS",
+    "PEER",
+    "Contender",
+    "Inputs",
+    "Setup",
+    "SpecContender",
+    "default_specs",
+]
 
 OURS = "ours"
 PEER = "peer"
 FLOOR = "floor"
+
+#: ``batch_all_reduce``'s own default ``pack_max_group`` (it matters only with packing on).
+LIBRARY_PACK_MAX_GROUP = 10
 
 Step = Callable[[], Sequence[Sequence[Any]]]
 
@@ -49,7 +62,7 @@ class Setup:
     device_type: str
     workers: int = 1
     pack_max_bytes: int = 0
-    pack_max_group: int = 10
+    pack_max_group: int = LIBRARY_PACK_MAX_GROUP
     witness: bool = False
 
     @property
@@ -76,6 +89,8 @@ class Contender:
         spec: the spec string for the library's own rows, else ``None``.
         same_as: for a peer, the spec of ours that runs the same algorithm.
         graph: whether the step builds TensorFlow ops (the driver traces it once).
+        required: whether the run fails when this contender is skipped (it was asked
+            for by name, or is a default spec, which the defaults promise can run).
     """
 
     name: str = ""
@@ -83,6 +98,7 @@ class Contender:
     spec: str | None = None
     same_as: str | None = None
     graph: bool = True
+    required: bool = False
 
     def skip_reason(self, case: Case, setup: Setup) -> str | None:
         """Why this contender does not run on ``case`` here, or ``None``."""
@@ -98,9 +114,10 @@ class SpecContender(Contender):
 
     kind = OURS
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, *, required: bool = True) -> None:
         self.spec = spec
         self.name = spec
+        self.required = required
         self._algorithms = [get_algorithm(t.alg) for t in parse_all_reduce_spec(spec)]
 
     @property

@@ -27,16 +27,27 @@ import numpy as np
 from allreduce.bench.cases import Case, expected_sum, input_pattern
 from allreduce.bench.contenders import Contender, Inputs, Setup
 
-__all__ = ["Result", "compile_step", "count_wrong", "drain", "make_inputs", "run_case"]
+__all__ = ["Result", "compile_step", "count_wrong", "describe_error", "drain", "make_inputs", "run_case"]
 
 logger = logging.getLogger(__name__)
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
+Outputs = Sequence[Sequence[Any]]
+Step = Callable[[], Outputs]
+Guard = Callable[[Callable[[], Any]], Any]
+
+# Raised while a graph is built: the contender cannot run here (a skip, with this reason).
+_CANNOT_BUILD = (ValueError, TypeError, NotImplementedError, ImportError)
+
 
 @dataclass
 class Result:
-    """One row: a contender on a case."""
+    """One row: a contender on a case.
+
+    ``required`` marks a contender that was asked for (or a default spec, which the
+    defaults promise runs): when it is skipped, the run has failed.
+    """
 
     case: Case
     name: str
@@ -44,6 +55,7 @@ class Result:
     num_devices: int
     spec: str | None = None
     same_as: str | None = None
+    required: bool = False
     samples_s: list[float] = field(default_factory=list)
     wrong: int = 0
     replica_mismatch: int = 0
@@ -51,9 +63,19 @@ class Result:
     error: str | None = None
 
     @property
+    def failed(self) -> bool:
+        """Wrong or differing results, an error, or a required contender that did not run."""
+        return (
+            self.error is not None
+            or self.wrong > 0
+            or self.replica_mismatch > 0
+            or (self.required and self.skipped is not None)
+        )
+
+    @property
     def ok(self) -> bool:
-        """Ran, and every checked output was exact and bitwise identical across replicas."""
-        return self.error is None and self.wrong == 0 and self.replica_mismatch == 0
+        """Not :attr:`failed`: exact and identical everywhere, or benignly skipped."""
+        return not self.failed
 
     @property
     def timed(self) -> bool:
@@ -99,16 +121,14 @@ def make_inputs(case: Case, devices: Sequence[str]) -> tuple[Inputs, list[np.nda
     return Inputs(case=case, devices=tuple(devices), host=host, tensors=tensors), expected
 
 
-def drain(outputs: Sequence[Sequence[Any]]) -> None:
+def drain(outputs: Outputs) -> None:
     """Waits for every output the same way for every contender (``np.asarray``)."""
     for tower in outputs:
         for value in tower:
             np.asarray(value)
 
 
-def count_wrong(
-    outputs: Sequence[Sequence[Any]], expected: Sequence[np.ndarray], case: Case
-) -> tuple[int, int]:
+def count_wrong(outputs: Outputs, expected: Sequence[np.ndarray], case: Case) -> tuple[int, int]:
     """Compares every output on every device with the exact sums.
 
     Returns:
@@ -139,9 +159,6 @@ def count_wrong(
     return wrong, mismatch
 
 
-Step = Callable[[], Sequence[Sequence[Any]]]
-
-
 def compile_step(contender: Contender, inputs: Inputs, setup: Setup) -> tuple[Step, Step]:
     """``(full, timed)``: ``contender``'s step traced into ``tf.function``s; ``full``
     returns the outputs, ``timed`` the same or, with ``setup.witness``, the first element
@@ -166,12 +183,118 @@ def compile_step(contender: Contender, inputs: Inputs, setup: Setup) -> tuple[St
     return full, tf.function(witnesses, autograph=False)
 
 
-@dataclass
+def describe_error(err: BaseException) -> str:
+    """``"TypeName: message"`` with the whole message."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _timed(step: Step) -> tuple[Outputs, float]:
+    start = time.perf_counter()
+    outputs = step()
+    drain(outputs)
+    return outputs, time.perf_counter() - start
+
+
 class _Running:
-    contender: Contender
-    result: Result
-    step: Step
-    full: Step
+    """A contender that runs on the current case: its steps and its result."""
+
+    def __init__(self, result: Result, full: Step, step: Step, guard: Guard) -> None:
+        self.result = result
+        self._full = full
+        self._step = step
+        self._guard = guard
+
+    @property
+    def active(self) -> bool:
+        """Whether it has not failed yet."""
+        return self.result.error is None
+
+    def check(self, outputs: Outputs, expected: Sequence[np.ndarray]) -> None:
+        """Counts wrong elements of ``outputs``; keeps the larger count of all checks."""
+        wrong, mismatch = count_wrong(outputs, expected, self.result.case)
+        self.result.wrong = max(self.result.wrong, wrong)
+        self.result.replica_mismatch = max(self.result.replica_mismatch, mismatch)
+
+    def first(self, expected: Sequence[np.ndarray]) -> None:
+        """Runs the full step once (it traces the function) and checks it."""
+        outputs, _ = self._guard(lambda: _timed(self._full))
+        self.check(outputs, expected)
+
+    def step(self, *, timed: bool) -> Outputs | None:
+        """One step (a sample when ``timed``); ``None`` and an error once it fails."""
+        try:
+            outputs, elapsed = self._guard(lambda: _timed(self._step))
+        except Exception as err:
+            self.fail(err)
+            return None
+        if timed:
+            self.result.samples_s.append(elapsed)
+        return outputs
+
+    def last(self, outputs: Outputs, expected: Sequence[np.ndarray]) -> None:
+        """Checks the last timed step, or one more full step where timed steps return witnesses."""
+        try:
+            if self._step is not self._full:
+                outputs, _ = self._guard(lambda: _timed(self._full))
+            self.check(outputs, expected)
+        except Exception as err:
+            self.fail(err)
+
+    def fail(self, err: BaseException) -> None:
+        logger.debug("%s failed on %s", self.result.name, self.result.case.name, exc_info=True)
+        self.result.error = describe_error(err)
+
+
+def _result(contender: Contender, case: Case, setup: Setup) -> Result:
+    return Result(
+        case=case,
+        name=contender.name,
+        kind=contender.kind,
+        num_devices=setup.num_devices,
+        spec=contender.spec,
+        same_as=contender.same_as,
+        required=contender.required,
+    )
+
+
+def _start(
+    contender: Contender, inputs: Inputs, expected: Sequence[np.ndarray], setup: Setup, guard: Guard
+) -> tuple[Result, _Running | None]:
+    """Makes ``contender``'s result, and unless it is skipped, compiles and checks its first step."""
+    result = _result(contender, inputs.case, setup)
+    result.skipped = contender.skip_reason(inputs.case, setup)
+    if result.skipped is not None:
+        logger.info("%s: %s skipped: %s", inputs.case.name, contender.name, result.skipped)
+        return result, None
+    logger.info("%s: %s starts", inputs.case.name, contender.name)
+    try:
+        full, step = compile_step(contender, inputs, setup)
+        run = _Running(result, full, step, guard)
+        run.first(expected)
+    except _CANNOT_BUILD as err:
+        result.skipped = describe_error(err)
+        logger.info("%s: %s cannot run here: %s", inputs.case.name, contender.name, result.skipped)
+        return result, None
+    except Exception as err:
+        logger.debug("%s failed on %s", contender.name, inputs.case.name, exc_info=True)
+        result.error = describe_error(err)
+        return result, None
+    return result, run
+
+
+def _finish(result: Result) -> None:
+    if result.error is not None:
+        logger.info("%s: %s failed: %s", result.case.name, result.name, result.error)
+    elif result.skipped is None:
+        logger.info(
+            "%s: %s done: median %.1f us, %d wrong, %d differing between replicas",
+            result.case.name,
+            result.name,
+            result.time_s * 1e6,
+            result.wrong,
+            result.replica_mismatch,
+        )
 
 
 def run_case(
@@ -182,7 +305,7 @@ def run_case(
     warmup: int,
     iters: int,
     tick: Callable[[int], None] = lambda _: None,
-    guard: Callable[[Callable[[], Any]], Any] = lambda fn: fn(),
+    guard: Guard = lambda fn: fn(),
 ) -> list[Result]:
     """Times every contender on ``case``; returns one :class:`Result` each, in order.
 
@@ -190,92 +313,26 @@ def run_case(
     counts ``1 + warmup + iters`` steps, whether it runs or not. Every step runs as
     ``guard(fn)`` (e.g. a cluster's watchdog); its time is taken inside ``fn``.
     """
-    per_contender = 1 + warmup + iters
     inputs, expected = make_inputs(case, setup.devices)
-    results: list[Result] = []
-    running: list[_Running] = []
+    results, running = [], []
     for contender in contenders:
-        result = Result(
-            case=case,
-            name=contender.name,
-            kind=contender.kind,
-            num_devices=setup.num_devices,
-            spec=contender.spec,
-            same_as=contender.same_as,
-        )
+        result, run = _start(contender, inputs, expected, setup, guard)
         results.append(result)
-        result.skipped = contender.skip_reason(case, setup)
-        if result.skipped is None:
-            try:
-                full, step = compile_step(contender, inputs, setup)
-                outputs, _ = guard(lambda full=full: _timed(full))
-                result.wrong, result.replica_mismatch = count_wrong(outputs, expected, case)
-                del outputs
-                running.append(_Running(contender, result, step, full))
-            except (ValueError, TypeError, NotImplementedError, ImportError) as err:
-                # Raised while the graph is built: this contender cannot run here.
-                result.skipped = f"{type(err).__name__}: {_first_line(err)}"
-            except Exception as err:
-                logger.debug("%s failed on %s", contender.name, case.name, exc_info=True)
-                result.error = f"{type(err).__name__}: {_first_line(err)}"
-        tick(1 if running and running[-1].result is result else per_contender)
+        if run is not None:
+            running.append(run)
+        tick(1 if run is not None else 1 + warmup + iters)
     for _ in range(warmup):
-        for run in list(running):
-            _call(run, running, lambda outputs: None, guard)
+        for run in [r for r in running if r.active]:
+            run.step(timed=False)
             tick(1)
     for i in range(iters):
-        last = i == iters - 1
-        for run in list(running):
-
-            def check(outputs: Sequence[Sequence[Any]], run: _Running = run, last: bool = last) -> None:
-                if last:
-                    if run.step is not run.full:
-                        outputs, _ = guard(lambda: _timed(run.full))
-                    wrong, mismatch = count_wrong(outputs, expected, case)
-                    run.result.wrong = max(run.result.wrong, wrong)
-                    run.result.replica_mismatch = max(run.result.replica_mismatch, mismatch)
-
-            _call(run, running, check, guard, timed=True)
+        for run in [r for r in running if r.active]:
+            outputs = run.step(timed=True)
+            if outputs is not None and i == iters - 1:
+                run.last(outputs, expected)
             tick(1)
+    for result in results:
+        _finish(result)
     del running, inputs
     gc.collect()
     return results
-
-
-def _call(
-    run: _Running,
-    running: list[_Running],
-    check: Callable[[Sequence[Sequence[Any]]], None],
-    guard: Callable[[Callable[[], Any]], Any],
-    *,
-    timed: bool = False,
-) -> None:
-    if run not in running:
-        return
-    try:
-        outputs, elapsed = guard(lambda: _timed(run.step))
-    except Exception as err:
-        logger.debug("%s failed", run.contender.name, exc_info=True)
-        run.result.error = f"{type(err).__name__}: {_first_line(err)}"
-        running.remove(run)
-        return
-    if timed:
-        run.result.samples_s.append(elapsed)
-    try:
-        check(outputs)
-    except Exception as err:
-        logger.debug("%s failed", run.contender.name, exc_info=True)
-        run.result.error = f"{type(err).__name__}: {_first_line(err)}"
-        running.remove(run)
-
-
-def _timed(step: Callable[[], Sequence[Sequence[Any]]]) -> tuple[Sequence[Sequence[Any]], float]:
-    start = time.perf_counter()
-    outputs = step()
-    drain(outputs)
-    return outputs, time.perf_counter() - start
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else ""

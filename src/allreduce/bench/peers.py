@@ -27,7 +27,7 @@ import numpy as np
 from allreduce.bench.cases import Case
 from allreduce.bench.contenders import FLOOR, Contender, Inputs, Setup, Step
 
-__all__ = ["CrossDeviceOpsPeer", "NumpyFloor", "V1BuilderPeer", "default_peers"]
+__all__ = ["CrossDeviceOpsPeer", "NumpyFloor", "V1BuilderPeer", "default_peers", "peer_names"]
 
 # Group keys far above those the library's own collectives take (they count from 1).
 _group_keys = itertools.count(1_000_000, 1000)
@@ -58,15 +58,23 @@ class NumpyFloor(Contender):
 
 
 class CrossDeviceOpsPeer(Contender):
-    """A ``tf.distribute.CrossDeviceOps`` made by ``make(devices, device_type)``."""
+    """A ``tf.distribute.CrossDeviceOps`` made by ``make(devices, device_type)``.
 
-    def __init__(self, name: str, make: Callable[[Sequence[str], str], Any]) -> None:
+    ``halves``: the op sums two equal halves of the devices (TensorFlow's
+    ``HierarchicalCopyAllReduce``, made for 8 GPUs), so with an odd device count it
+    leaves one device out of every sum; it is skipped there.
+    """
+
+    def __init__(self, name: str, make: Callable[[Sequence[str], str], Any], *, halves: bool = False) -> None:
         self.name = name
         self._make = make
+        self._halves = halves
 
     def skip_reason(self, case: Case, setup: Setup) -> str | None:
         if setup.workers > 1:
             return "tf.distribute cross-device ops of MirroredStrategy are single-process"
+        if self._halves and setup.num_devices % 2:
+            return f"sums two equal halves of the devices: wrong for an odd count ({setup.num_devices})"
         return None
 
     def prepare(self, inputs: Inputs, setup: Setup) -> Step:
@@ -83,7 +91,9 @@ class CrossDeviceOpsPeer(Contender):
                 distribute_values.PerReplica(tuple(tower[t] for tower in towers)) for t in range(count)
             ]
             reduced = ops.batch_reduce(tf.distribute.ReduceOp.SUM, [(v, v) for v in per_replica])
-            return [[reduced[t].values[d] for t in range(count)] for d in range(len(towers))]
+            # One device: tf.distribute returns the plain tensor, not a Mirrored value.
+            values = [getattr(r, "values", (r,)) for r in reduced]
+            return [[values[t][d] for t in range(count)] for d in range(len(towers))]
 
         return step
 
@@ -185,7 +195,7 @@ def default_peers(setup: Setup) -> list[Contender]:
     return [
         NumpyFloor(),
         CrossDeviceOpsPeer("tf:ReductionToOneDevice", _reduction_to_one_device),
-        CrossDeviceOpsPeer("tf:HierarchicalCopy", _hierarchical_copy),
+        CrossDeviceOpsPeer("tf:HierarchicalCopy", _hierarchical_copy, halves=True),
         CrossDeviceOpsPeer("tf:collective", _collective),
         V1BuilderPeer("tf-v1:ring", "xring", _ring(1)),
         V1BuilderPeer("tf-v1:ring#2", "xring#2", _ring(2)),
@@ -193,3 +203,8 @@ def default_peers(setup: Setup) -> list[Contender]:
         V1BuilderPeer("tf-v1:shuffle", shuffle, _shuffle(1)),
         V1BuilderPeer("tf-v1:shuffle#2", f"{shuffle}#2", _shuffle(2)),
     ]
+
+
+def peer_names() -> list[str]:
+    """The names of :func:`default_peers`, in order (they do not depend on the setup)."""
+    return [peer.name for peer in default_peers(Setup(devices=(), device_type="CPU"))]
