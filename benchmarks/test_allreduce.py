@@ -17,16 +17,25 @@ import pytest
 from allreduce.bench.cases import Case, many_small_case, sweep_cases
 from allreduce.bench.contenders import Contender, Setup, SpecContender, default_specs
 from allreduce.bench.driver import compile_step, count_wrong, drain, make_inputs
+from allreduce.bench.options import BATCH_PACKING, FULL, QUICK
 from allreduce.bench.peers import default_peers
 
 DEVICE_COUNTS = (2, 4)
-CASES = [*sweep_cases(1 << 10, 16 << 20, 16, "float32"), many_small_case("float32")]
-PACKING = {"pack_max_bytes": 64 << 10, "pack_max_group": 256}
+CASES = [*sweep_cases(QUICK.min_bytes, QUICK.max_bytes, QUICK.factor, "float32"), many_small_case("float32")]
+# Rounds per benchmark: at least a full run's timed steps, at most this many, and about
+# 64 MiB per device in all between them.
+MAX_ROUNDS = 50
+ROUND_BYTES = 64 << 20
 
 
 def _setup(n: int) -> Setup:
     devices = tuple(f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(n))
-    return Setup(devices=devices, device_type="CPU", **PACKING)
+    return Setup(
+        devices=devices,
+        device_type="CPU",
+        pack_max_bytes=BATCH_PACKING.max_bytes,
+        pack_max_group=BATCH_PACKING.max_group,
+    )
 
 
 def _contenders(n: int) -> list[Contender]:
@@ -48,7 +57,7 @@ def _inputs(n: int, case: Case) -> tuple:
 
 
 def _rounds(case: Case) -> int:
-    return max(10, min(50, (64 << 20) // max(case.nbytes, 1)))
+    return max(FULL.iters, min(MAX_ROUNDS, ROUND_BYTES // max(case.nbytes, 1)))
 
 
 @pytest.mark.parametrize(

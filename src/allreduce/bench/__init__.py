@@ -4,6 +4,12 @@ In the style of NVIDIA's nccl-tests: :mod:`~allreduce.bench.driver` owns everyth
 generic (inputs with an exactly known sum, warm-up, timing, verification), each
 contender (:mod:`~allreduce.bench.contenders`, :mod:`~allreduce.bench.peers`) only says
 whether it applies and how to run once, and :mod:`~allreduce.bench.report` and
-:mod:`~allreduce.bench.plot` turn results into the table, JSON and a PNG. The command
-line is :func:`allreduce.bench.cli.main`.
+:mod:`~allreduce.bench.plot` turn results into the table, JSON and a picture.
+
+The command line is :func:`allreduce.bench.cli.main`: it reads the options into one
+:class:`~allreduce.bench.options.Options`, checks them and the machine
+(:mod:`~allreduce.bench.preflight`) before TensorFlow starts, and hands them to
+:func:`allreduce.bench.session.run`, which imports TensorFlow quietly
+(:mod:`~allreduce.bench.quiet`) and measures case by case. ``--list-specs`` prints
+:mod:`~allreduce.bench.catalog`'s description of the registry.
 """

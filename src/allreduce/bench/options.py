@@ -1,0 +1,191 @@
+"""What a benchmark run is asked to do: one typed object with every default in one place.
+
+Pure Python: building and checking :class:`Options` imports neither TensorFlow nor
+matplotlib, so every mistake these checks find is reported before anything starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from allreduce.bench.cases import Case, many_small_case, max_exact_devices, sweep_cases
+from allreduce.bench.contenders import LIBRARY_PACK_MAX_GROUP
+
+__all__ = [
+    "ALLOCATORS",
+    "BATCH_PACKING",
+    "DEVICE_TYPES",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "FULL",
+    "NO_PACKING",
+    "QUICK",
+    "WORKLOADS",
+    "Options",
+    "Packing",
+    "Sweep",
+    "UsageError",
+    "resolve_options",
+]
+
+WORKLOADS = ("sweep", "many-small", "model")
+DEVICE_TYPES = ("cpu", "gpu")
+ALLOCATORS = ("bfc", "system")
+
+
+#: Exit statuses of the command.
+EXIT_OK = 0
+#: A wrong result, a failing contender, or one that had to run and did not.
+EXIT_FAILED = 1
+#: A :class:`UsageError`: nothing was measured.
+EXIT_USAGE = 2
+#: 128 + SIGINT, what a shell reports for a command stopped with Ctrl-C.
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(ValueError):
+    """Options that cannot run: the command exits with :data:`EXIT_USAGE` before measuring."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The size sweep and step counts of a full or a quick run."""
+
+    min_bytes: int
+    max_bytes: int
+    factor: int
+    warmup: int
+    iters: int
+
+
+FULL = Sweep(min_bytes=1 << 10, max_bytes=128 << 20, factor=2, warmup=3, iters=10)
+QUICK = Sweep(min_bytes=1 << 10, max_bytes=16 << 20, factor=16, warmup=2, iters=5)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """``batch_all_reduce``'s packing: largest tensor packed (0: none), tensors per pack."""
+
+    max_bytes: int
+    max_group: int
+
+
+#: Batch workloads pack small tensors by default; a single tensor has nothing to pack.
+BATCH_PACKING = Packing(max_bytes=64 << 10, max_group=256)
+NO_PACKING = Packing(max_bytes=0, max_group=LIBRARY_PACK_MAX_GROUP)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every option of ``allreduce-bench``, with its default.
+
+    ``specs`` is ``None`` for every spec that runs here; ``peers`` is ``None`` for every
+    peer, a tuple for the named ones (``()``: none). The sweep fields default to
+    :data:`FULL`, the packing fields to :data:`NO_PACKING`; :func:`resolve_options`
+    picks :data:`QUICK` and :data:`BATCH_PACKING` where they apply.
+    """
+
+    devices: int = 4
+    device_type: str = "cpu"
+    specs: tuple[str, ...] | None = None
+    peers: tuple[str, ...] | None = None
+    workload: str = "sweep"
+    dtype: str = "float32"
+    min_bytes: int = FULL.min_bytes
+    max_bytes: int = FULL.max_bytes
+    factor: int = FULL.factor
+    warmup: int = FULL.warmup
+    iters: int = FULL.iters
+    model: str = "ResNet50"
+    small_tensors: int = 200
+    small_elements: int = 1000
+    pack_max_bytes: int = NO_PACKING.max_bytes
+    pack_max_group: int = NO_PACKING.max_group
+    workers: int | None = None
+    op_timeout: float = 120.0
+    allocator: str = "bfc"
+    json: str | None = None
+    plot: str | None = None
+    quick: bool = False
+    progress: bool = True
+    verbose: int = 0
+
+    @property
+    def total_devices(self) -> int:
+        """Devices over all workers."""
+        return self.devices * (self.workers or 1)
+
+    @property
+    def named_peers(self) -> bool:
+        """Whether the peers were chosen by name (each must then run)."""
+        return self.peers is not None
+
+    def cases(self) -> list[Case]:
+        """The cases of a sweep or many-small workload (a model's needs TensorFlow).
+
+        Raises:
+            UsageError: no size of the sweep holds one element.
+        """
+        try:
+            if self.workload == "sweep":
+                return sweep_cases(self.min_bytes, self.max_bytes, self.factor, self.dtype)
+            if self.workload == "many-small":
+                return [many_small_case(self.dtype, self.small_tensors, self.small_elements)]
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        raise UsageError(f"the cases of --workload {self.workload} are not known before TensorFlow starts")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as JSON-ready values."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def resolve_options(given: Mapping[str, Any]) -> Options:
+    """The options of a run from the ones given on the command line.
+
+    Fields not in ``given`` take :data:`QUICK`'s values with ``quick``, else
+    :data:`FULL`'s, and the packing of the workload.
+
+    Raises:
+        UsageError: options that contradict each other or cannot run.
+    """
+    sweep = QUICK if given.get("quick") else FULL
+    packing = NO_PACKING if given.get("workload", "sweep") == "sweep" else BATCH_PACKING
+    defaults = {
+        "min_bytes": sweep.min_bytes,
+        "max_bytes": sweep.max_bytes,
+        "factor": sweep.factor,
+        "warmup": sweep.warmup,
+        "iters": sweep.iters,
+        "pack_max_bytes": packing.max_bytes,
+        "pack_max_group": packing.max_group,
+    }
+    options = Options(**{**defaults, **given})
+    _check(options, given)
+    return options
+
+
+def _check(options: Options, given: Mapping[str, Any]) -> None:
+    if "model" in given and options.workload != "model":
+        raise UsageError(
+            f"--model {options.model} needs --workload model (the workload is {options.workload})"
+        )
+    if options.min_bytes > options.max_bytes:
+        raise UsageError(f"--min-bytes ({options.min_bytes}) exceeds --max-bytes ({options.max_bytes})")
+    if options.workers is not None and options.device_type != "cpu":
+        raise UsageError("--workers starts CPU workers: use it with --device-type cpu")
+    limit = max_exact_devices(options.dtype)
+    if options.total_devices > limit:
+        raise UsageError(
+            f"{options.total_devices} devices: sums in {options.dtype} are exact for at most {limit} devices"
+        )
+    if options.workload != "model":
+        options.cases()
