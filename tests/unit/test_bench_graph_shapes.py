@@ -1,0 +1,77 @@
+"""The graph shapes behind allreduce-bench's measured speed on CPUs.
+
+The results of these helpers are covered by the algorithm tests; these check the
+shapes of the graphs they build, which is what the benchmark's numbers rest on.
+"""
+
+from __future__ import annotations
+
+CPUS = [f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(4)]
+
+
+def _graph_ops(build):
+    import tensorflow as tf
+
+    return tf.function(build, autograph=False).get_concrete_function().graph.get_operations()
+
+
+def test_a_cpu_sum_of_more_than_two_takes_no_input_from_its_own_device():
+    import tensorflow as tf
+
+    from allreduce.algorithms.base import HOP_MIN_BYTES, sum_on
+
+    large = HOP_MIN_BYTES // 4
+
+    def build():
+        values, small = [], []
+        for device in CPUS:
+            with tf.device(device):
+                values.append(tf.ones([large]))
+                small.append(tf.ones([large - 1]))
+        return (
+            sum_on(values, CPUS, CPUS[0]),
+            sum_on(values[:2], CPUS[:2], CPUS[0]),
+            sum_on(small, CPUS, CPUS[0]),
+        )
+
+    add_ns = {(len(op.inputs), op.inputs[0].shape[0]): op for op in _graph_ops(build) if op.type == "AddN"}
+    wide, narrow, small = add_ns[4, large], add_ns[2, large], add_ns[4, large - 1]
+    assert wide.device == CPUS[0]
+    assert all(t.op.device != CPUS[0] for t in wide.inputs)
+    hops = [t.op for t in wide.inputs if t.op.type == "EnsureShape"]
+    assert len(hops) == 1 and hops[0].inputs[0].op.device == CPUS[0]
+    assert not any(t.op.type == "EnsureShape" for t in [*narrow.inputs, *small.inputs])
+
+
+def test_aligned_splits_cut_rows_of_a_2d_view_and_others_cut_the_vector():
+    import tensorflow as tf
+
+    from allreduce.algorithms.base import aligned_split_sizes, split_on
+
+    assert aligned_split_sizes(64, 3, 4) == [32, 16, 16]
+    assert aligned_split_sizes(65, 3, 4) == [22, 22, 21]
+    assert aligned_split_sizes(64, 3, 8) == [24, 24, 16]
+
+    def build():
+        with tf.device(CPUS[0]):
+            value = tf.ones([64])
+        return split_on(value, CPUS[0], [32, 16, 16]), split_on(value, CPUS[0], [30, 34])
+
+    splits = [op for op in _graph_ops(build) if op.type in ("Split", "SplitV")]
+    assert sorted(op.inputs[0].shape.rank for op in splits) == [1, 2]
+
+
+def test_cpus_of_one_worker_concatenate_once():
+    import tensorflow as tf
+
+    from allreduce.algorithms.base import concat_each, shares_memory
+
+    other = "/job:worker/replica:0/task:1/device:CPU:0"
+    assert shares_memory(CPUS) and not shares_memory([*CPUS, other])
+
+    def build():
+        with tf.device(CPUS[0]):
+            pieces = [tf.ones([8]), tf.zeros([8])]
+        return concat_each([pieces] * 4, CPUS)
+
+    assert sum(op.type == "ConcatV2" for op in _graph_ops(build)) == 1
