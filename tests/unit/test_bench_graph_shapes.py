@@ -9,6 +9,13 @@ from __future__ import annotations
 CPUS = [f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(4)]
 
 
+def _context():
+    from allreduce.algorithms.base import BuildContext
+    from allreduce.registry import get_algorithm
+
+    return BuildContext(info=get_algorithm("simple"))
+
+
 def _graph_ops(build):
     import tensorflow as tf
 
@@ -21,6 +28,7 @@ def test_a_cpu_sum_of_more_than_two_takes_no_input_from_its_own_device():
     from allreduce.algorithms.base import HOP_MIN_BYTES, sum_on
 
     large = HOP_MIN_BYTES // 4
+    ctx = _context()
 
     def build():
         values, small = [], []
@@ -29,9 +37,9 @@ def test_a_cpu_sum_of_more_than_two_takes_no_input_from_its_own_device():
                 values.append(tf.ones([large]))
                 small.append(tf.ones([large - 1]))
         return (
-            sum_on(values, CPUS, CPUS[0]),
-            sum_on(values[:2], CPUS[:2], CPUS[0]),
-            sum_on(small, CPUS, CPUS[0]),
+            sum_on(values, CPUS, CPUS[0], ctx),
+            sum_on(values[:2], CPUS[:2], CPUS[0], ctx),
+            sum_on(small, CPUS, CPUS[0], ctx),
         )
 
     add_ns = {(len(op.inputs), op.inputs[0].shape[0]): op for op in _graph_ops(build) if op.type == "AddN"}
@@ -65,13 +73,14 @@ def test_cpus_of_one_worker_concatenate_once():
     import tensorflow as tf
 
     from allreduce.algorithms.base import concat_each, shares_memory
+    from allreduce.wire import PLAIN
 
     other = "/job:worker/replica:0/task:1/device:CPU:0"
     assert shares_memory(CPUS) and not shares_memory([*CPUS, other])
 
     def build():
         with tf.device(CPUS[0]):
-            pieces = [tf.ones([8]), tf.zeros([8])]
-        return concat_each([pieces] * 4, CPUS)
+            pieces = [PLAIN.publish(t, CPUS[0], CPUS) for t in (tf.ones([8]), tf.zeros([8]))]
+        return concat_each([pieces] * 4, CPUS, _context())
 
     assert sum(op.type == "ConcatV2" for op in _graph_ops(build)) == 1
