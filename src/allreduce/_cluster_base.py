@@ -4,7 +4,8 @@ its devices, and connecting this process to it and back.
 Subclasses add where the workers come from (:class:`allreduce.cluster.LocalCluster`
 starts them, :class:`allreduce.cluster.RemoteCluster` joins them) and give the cluster
 its :class:`allreduce._watchdog.Watchdog`. Every open cluster is closed when the
-interpreter exits.
+interpreter exits. TensorFlow is imported only to connect, so that a process that only
+serves workers (``connect=False``) does without it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any, TypeVar
 
 from allreduce import _connection
 from allreduce._cluster_errors import WorkerError
-from allreduce._tf import tf
 from allreduce._watchdog import Watchdog
 from allreduce.validation import check_seconds
 
@@ -148,6 +148,8 @@ class Cluster:
     def _outcome(self, call: _Call) -> Any:
         if call.error is None:
             return call.value
+        from allreduce._tf import tf
+
         if isinstance(call.error, tf.errors.OpError) and self._watchdog is not None:
             # A lost worker shows up as a TensorFlow error first; name the worker.
             fault = self._watchdog.wait(self._watchdog.grace_s)
@@ -156,9 +158,11 @@ class Cluster:
                 raise fault from call.error
         raise call.error
 
-    def _connect(self, client: str | None, timeout_s: float) -> None:
-        """Connects this process to the cluster and reads the workers' devices from TensorFlow."""
-        address = _connection.client_address([a for job in self._jobs.values() for a in job], client)
+    def _connect(self, address: str, timeout_s: float) -> None:
+        """Connects this process, serving at ``address``, to the cluster; reads the workers'
+        devices from TensorFlow."""
+        from allreduce._tf import tf
+
         _connection.claim(self)
         self._connected = True
         self.run(_connection.attach, self._jobs, self._job, address, timeout_s=timeout_s)
@@ -211,6 +215,8 @@ class Cluster:
 
 
 def _device_order(name: str) -> tuple[str, int]:
+    from allreduce._tf import tf
+
     spec = tf.DeviceSpec.from_string(name)
     return spec.device_type or "", spec.device_index or 0
 

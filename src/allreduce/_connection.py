@@ -22,7 +22,6 @@ import threading
 from collections.abc import Mapping, Sequence
 
 from allreduce._supervisor import LOOPBACK, free_ports
-from allreduce._tf import tf
 from allreduce.runtime_hooks import context_changed
 
 __all__ = ["CLIENT_JOB", "attach", "claim", "client_address", "detach", "owner", "release"]
@@ -130,6 +129,8 @@ def attach(jobs: Mapping[str, Sequence[str]], job: str, client: str) -> None:
     """
     global _client
     from tensorflow.python.eager import context
+
+    from allreduce._tf import tf
 
     spec = {**{name: list(a) for name, a in jobs.items()}, CLIENT_JOB: [client]}
     if context.get_server_def() is None:

@@ -7,7 +7,9 @@ connects runs this script in a fresh Python process:
 
 It writes ``OUT_DIR/result.json`` (a manifest) and ``OUT_DIR/arrays.npz`` (inputs and
 outputs as float64); the test compares them with the numpy oracle. A scenario records
-failures instead of stopping, so that one broken spec does not hide the others.
+failures instead of stopping, so that one broken spec does not hide the others. The
+scenarios of a cluster's life (closing, freezing, ``connect``, training) are in
+``_scenarios.py``.
 """
 
 from __future__ import annotations
@@ -27,49 +29,8 @@ import tensorflow as tf
 
 import allreduce
 from allreduce.cluster import WorkerError, local_cluster
-
-
-class Recorder:
-    """Collects named arrays and a JSON manifest."""
-
-    def __init__(self) -> None:
-        self.arrays: dict[str, np.ndarray] = {}
-        self.manifest: dict = {"cases": {}}
-
-    def array(self, value) -> str:
-        key = f"a{len(self.arrays)}"
-        self.arrays[key] = np.asarray(value, dtype=np.float64)
-        return key
-
-    def case(self, name: str, fn) -> None:
-        """Runs ``fn() -> (outputs[d][i] tensors, devices[d][i])`` and records it."""
-        entry: dict = {"error": None}
-        try:
-            outputs, devices = fn()
-            entry["outputs"] = [[self.array(tensor_values(t)) for t in row] for row in outputs]
-            entry["devices"] = devices
-        except Exception:
-            entry["error"] = traceback.format_exc()
-        self.manifest["cases"][name] = entry
-
-    def save(self, out_dir: str) -> None:
-        np.savez(os.path.join(out_dir, "arrays.npz"), **self.arrays)
-        with open(os.path.join(out_dir, "result.json"), "w") as f:
-            json.dump(self.manifest, f, indent=1)
-
-
-def tensor_values(t: tf.Tensor) -> np.ndarray:
-    return np.asarray(t.numpy(), dtype=np.float64)
-
-
-def integer_valued(rng: np.random.Generator, shape, dtype: str) -> np.ndarray:
-    """Small integers: every partial sum is exact in every dtype used here."""
-    return rng.integers(-64, 65, size=shape).astype(dtype)
-
-
-def place(value: np.ndarray, device: str) -> tf.Tensor:
-    with tf.device(device):
-        return tf.identity(tf.constant(value))
+from tests.multiworker._recording import Recorder, integer_valued, place, tensor_values
+from tests.multiworker._scenarios import scenario_connect, scenario_lifecycle, scenario_training
 
 
 def loopback_connections(pids: list[int]) -> list[list[str]]:
@@ -287,7 +248,13 @@ def scenario_faults(args: dict, rec: Recorder) -> None:
         rec.manifest["after"] = [tensor_values(t).tolist() for t in out]
 
 
-SCENARIOS = {"sums": scenario_sums, "faults": scenario_faults}
+SCENARIOS = {
+    "sums": scenario_sums,
+    "faults": scenario_faults,
+    "lifecycle": scenario_lifecycle,
+    "training": scenario_training,
+    "connect": scenario_connect,
+}
 
 
 def main() -> None:

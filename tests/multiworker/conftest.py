@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,28 +43,98 @@ def _coverage_prefix() -> list[str]:
     ]
 
 
+def _client_command(scenario: str, args: dict, out_dir: Path) -> list[str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [sys.executable, *_coverage_prefix(), str(CLIENT), scenario, json.dumps(args), str(out_dir)]
+
+
+def _client_env() -> dict[str, str]:
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+
+
+def _read_result(scenario: str, out_dir: Path, returncode: int, stderr: str) -> tuple[dict, dict]:
+    result = out_dir / "result.json"
+    if returncode != 0 or not result.exists():
+        pytest.fail(f"client {scenario} failed with status {returncode}; stderr:\n{stderr[-8000:]}")
+    manifest = json.loads(result.read_text())
+    if manifest.get("fatal"):
+        pytest.fail(f"client {scenario} failed:\n{manifest['fatal']}\nstderr:\n{stderr[-4000:]}")
+    with np.load(out_dir / "arrays.npz") as data:
+        arrays = {key: data[key] for key in data.files}
+    return manifest, arrays
+
+
 def run_client(scenario: str, args: dict, out_dir: Path, timeout_s: float) -> tuple[dict, dict]:
     """Runs one client scenario; returns its manifest and its arrays.
 
     Fails the test (with the client's output) if the client does not finish in
-    ``timeout_s`` seconds or writes no result.
+    ``timeout_s`` seconds, dies (a crash shows as a negative status), or writes no result.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, *_coverage_prefix(), str(CLIENT), scenario, json.dumps(args), str(out_dir)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    command = _client_command(scenario, args, out_dir)
     try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(
+            command, cwd=ROOT, env=_client_env(), capture_output=True, text=True, timeout=timeout_s
+        )
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"client {scenario} did not finish in {timeout_s} s; stderr:\n{err.stderr}")
-    result = out_dir / "result.json"
-    if done.returncode != 0 or not result.exists():
-        pytest.fail(f"client {scenario} failed with status {done.returncode}; stderr:\n{done.stderr[-8000:]}")
-    manifest = json.loads(result.read_text())
-    if manifest.get("fatal"):
-        pytest.fail(f"client {scenario} failed:\n{manifest['fatal']}\nstderr:\n{done.stderr[-4000:]}")
-    with np.load(out_dir / "arrays.npz") as data:
-        arrays = {key: data[key] for key in data.files}
-    return manifest, arrays
+    return _read_result(scenario, out_dir, done.returncode, done.stderr)
+
+
+class InteractiveClient:
+    """A client scenario that reports steps on its stdout and waits for ``go`` on its stdin."""
+
+    def __init__(self, scenario: str, args: dict, out_dir: Path) -> None:
+        self.scenario, self.out_dir = scenario, out_dir
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by finish()
+        self.process = subprocess.Popen(
+            _client_command(scenario, args, out_dir),
+            cwd=ROOT,
+            env=_client_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+
+    def _stderr_text(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()[-8000:]
+
+    def expect(self, line: str, timeout_s: float) -> None:
+        """Waits for the client to write ``line``; fails the test if it does not in time."""
+        stdout = self.process.stdout
+        ready, _, _ = select.select([stdout], [], [], timeout_s)
+        got = stdout.readline().strip() if ready else None
+        if got != line:
+            self.process.kill()
+            stderr = self._stderr_text()
+            pytest.fail(f"client {self.scenario}: expected {line!r}, got {got!r}; stderr:\n{stderr}")
+
+    def go(self) -> None:
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def finish(self, timeout_s: float) -> tuple[dict, dict]:
+        """Waits for the client to exit; returns its manifest and arrays."""
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            stderr = self._stderr_text()
+            pytest.fail(f"client {self.scenario} did not exit in {timeout_s} s; stderr:\n{stderr}")
+        finally:
+            for stream in (self.process.stdin, self.process.stdout):
+                stream.close()
+        stderr = self._stderr_text()
+        self._stderr.close()
+        return _read_result(self.scenario, self.out_dir, self.process.returncode, stderr)
+
+    def kill(self) -> None:
+        """Ends the client if it is still running (after a failed step)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def process_gone(pid: int) -> bool:

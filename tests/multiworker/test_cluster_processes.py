@@ -6,6 +6,7 @@ These tests start servers without connecting this pytest process to them
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -239,6 +240,25 @@ def test_workers_exit_when_their_parent_is_killed_or_interrupted(sig):
         holder.wait(timeout=60)
         assert wait_gone(pids, bound_s=60) == []
     finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stopped_worker_dies_with_its_killed_parent():
+    # The worker is stopped, so it reads neither its pipe nor its parent's pid; the
+    # parent is stopped first, so its own watchdog cannot end the worker either. Only
+    # the kernel's parent-death signal (PR_SET_PDEATHSIG) can.
+    holder, pids = _start_holder()
+    try:
+        holder.send_signal(signal.SIGSTOP)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        holder.kill()
+        holder.wait(timeout=60)
+        assert wait_gone(pids, bound_s=10) == [], "a stopped worker outlived its parent"
+    finally:
+        for pid in wait_gone(pids, bound_s=0):
+            os.kill(pid, signal.SIGKILL)
         holder.kill()
         holder.wait()
 
