@@ -39,7 +39,8 @@ def _setup(n: int) -> Setup:
 
 
 def _contenders(n: int) -> list[Contender]:
-    return [SpecContender(spec) for spec in default_specs("CPU", n)] + default_peers(_setup(n))
+    setup = _setup(n)
+    return [SpecContender(spec) for spec in default_specs(setup.devices)] + default_peers(setup)
 
 
 PARAMS = [(n, case, c.name) for n in DEVICE_COUNTS for case in CASES for c in _contenders(n)]

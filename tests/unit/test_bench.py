@@ -44,7 +44,7 @@ def test_quick_run_prints_exact_rows_for_every_spec_and_peer(tmp_path, capsys):
     assert status == 0, out
     assert out.startswith("# allreduce-bench: 4 x CPU")
     rows = _rows(out)
-    specs = default_specs("CPU", 4)
+    specs = default_specs(CPUS[:4])
     names = {row[3] for row in rows}
     assert set(specs) <= names
     assert {"numpy", "tf:ReductionToOneDevice", "tf:collective", "tf-v1:ring"} <= names
@@ -139,7 +139,7 @@ def test_one_device_runs_every_default_contender(capsys):
     out = capsys.readouterr().out
     assert status == 0, out
     rows = {row[3]: row for row in _rows(out)}
-    for name in ("tf:ReductionToOneDevice", "tf:collective", *default_specs("CPU", 1)):
+    for name in ("tf:ReductionToOneDevice", "tf:collective", *default_specs(CPUS[:1])):
         assert rows[name][7] == "0", rows[name]
     assert rows["tf:HierarchicalCopy"][4] == "skipped:"  # two halves of one device
 
@@ -202,16 +202,37 @@ def test_verbose_logs_the_devices_the_cases_and_each_contender(caplog, capsys):
     capsys.readouterr()
 
 
-def test_default_specs_come_from_the_registry():
-    specs = default_specs("CPU", 4)
-    for spec in specs:
-        info = get_algorithm(spec.partition("#")[0])
-        assert "CPU" in info.device_types and info.reduces
+def test_default_specs_come_from_the_registry_and_run_on_the_devices():
     flat = [
         n for n in algorithm_names() if "CPU" in get_algorithm(n).device_types and get_algorithm(n).reduces
     ]
-    assert set(flat) <= set(specs)
-    assert not any(s.endswith("#2") for s in default_specs("CPU", 1))
+    for count in (1, 3, 4):
+        specs = default_specs(CPUS[:count])
+        for spec in specs:
+            info = get_algorithm(spec.partition("#")[0])
+            assert "CPU" in info.device_types and info.reduces
+            assert info.problem(CPUS[:count], int(spec.partition("#")[2] or 1)) is None
+        assert set(flat) <= set(specs)
+    assert not any(s.endswith("#2") for s in default_specs(CPUS[:1]))
+    gpus = [d.replace("CPU", "GPU") for d in CPUS[:4]]
+    every = {n for n in algorithm_names(hierarchical=True) if get_algorithm(n).reduces}
+    assert every <= set(default_specs(gpus))
+    # GPUs split from one: no algorithm that needs a physical device per input.
+    shared = set(default_specs(gpus, logical_split=True))
+    assert shared == {
+        s for s in default_specs(gpus) if not get_algorithm(s.partition("#")[0]).physical_devices
+    }
+    assert any(get_algorithm(n).physical_devices for n in every) and shared < set(default_specs(gpus))
+
+
+@pytest.mark.parametrize("count", [3, 5])
+def test_every_default_spec_runs_on_an_odd_device_count(count, capsys):
+    # A default spec that did not run would fail the run: the defaults must all run here.
+    status = main(["--devices", str(count), "--no-peers", *TINY_RUN, "--max-bytes", "1024"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    ran = {row[3] for row in _rows(out) if row[7] == "0"}
+    assert ran == set(default_specs(CPUS[:count]))
 
 
 @pytest.mark.multiworker

@@ -40,7 +40,7 @@ def format_spec_list() -> str:
         "",
         "Size ranges: 'pscpu:64k:xring' uses pscpu for tensors of up to 64Ki elements and",
         "xring for larger ones.",
-        "Defaults of --specs: each algorithm above that all-reduces on the device type, #2 of",
-        "each flat one that takes #k, and the documented pairs.",
+        "Defaults of --specs: each algorithm above that all-reduces, #2 of each flat one that",
+        "takes #k, and the documented pairs, where they can run on the devices.",
     ]
     return "\n".join(lines)

@@ -155,17 +155,25 @@ class SpecContender(Contender):
         return step
 
 
-def default_specs(device_type: str, num_devices: int) -> list[str]:
-    """Every registered algorithm that all-reduces on ``device_type``, the documented
-    hierarchical pairs among them, and ``#2`` of each flat one that takes a shard count."""
+def default_specs(devices: Sequence[str], *, logical_split: bool = False) -> list[str]:
+    """The specs that run on ``devices``: every registered algorithm that all-reduces,
+    the documented hierarchical pairs, and (on two devices or more) ``#2`` of each flat
+    one that takes a shard count, each kept only where the registry finds no problem
+    with these devices.
+
+    ``logical_split``: the devices were split from fewer physical ones, so algorithms
+    that need a physical device per input are left out.
+    """
     from allreduce.registry import algorithm_names
 
     specs = []
     for name in algorithm_names(hierarchical=True):
         info = get_algorithm(name)
-        if device_type not in info.device_types or not info.reduces:
+        if not info.reduces or (logical_split and info.physical_devices):
             continue
-        specs.append(name)
-        if info.takes_shards and not info.is_hierarchical and num_devices >= 2:
+        if info.problem(devices) is None:
+            specs.append(name)
+        flat_with_shards = info.takes_shards and not info.is_hierarchical and len(devices) > 1
+        if flat_with_shards and info.problem(devices, 2) is None:
             specs.append(f"{name}#2")
     return specs

@@ -65,12 +65,13 @@ def _enter_devices(options: Options, stack: ExitStack) -> tuple[list[str], int, 
     return [d for worker in cluster.devices for d in worker], options.workers, cluster.run
 
 
-def make_contenders(options: Options, setup: Setup) -> list[Contender]:
+def make_contenders(options: Options, setup: Setup, *, logical_split: bool = False) -> list[Contender]:
     """The specs (given, or every default one), then the peers kept by the options.
 
-    Specs are required to run; so are peers chosen by name.
+    Specs are required to run; so are peers chosen by name. ``logical_split``: the
+    devices were split from fewer physical ones (see :func:`default_specs`).
     """
-    specs = options.specs or default_specs(setup.device_type, setup.num_devices)
+    specs = options.specs or default_specs(setup.devices, logical_split=logical_split)
     contenders: list[Contender] = [SpecContender(spec) for spec in specs]
     if options.peers == ():
         return contenders
@@ -208,7 +209,8 @@ def run(options: Options, cases: Sequence[Case] | None = None) -> int:
             pack_max_group=options.pack_max_group,
             witness=workers > 1 or options.device_type != "cpu",
         )
-        contenders = make_contenders(options, setup)
+        split = workers == 1 and len(tf.config.list_physical_devices(setup.device_type)) < len(devices)
+        contenders = make_contenders(options, setup, logical_split=split)
         logger.info("devices: %s", ", ".join(devices))
         logger.info("cases: %s", ", ".join(c.name for c in cases))
         logger.info("contenders: %s", ", ".join(c.name for c in contenders))
