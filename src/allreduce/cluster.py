@@ -15,9 +15,10 @@ A watchdog checks every worker in the background while the cluster is open. A wo
 found stopped or silent is killed where this process started it, so that every call
 waiting on it, in :meth:`Cluster.run` or not, fails at once; :meth:`Cluster.run` raises
 :class:`WorkerError` naming the worker. Tensors that live on a closed cluster's workers
-stay safe to hold: using them raises a TensorFlow error (``No worker known as ...``,
-``unknown device``), never crashes the process. The servers have no authentication and
-TensorFlow binds them to every interface (``0.0.0.0``): run them on a trusted network only.
+stay safe to hold: using one raises an exception naming its worker or device (a
+TensorFlow error, or ``ValueError`` from this library's checks), never crashes the
+process. The servers have no authentication and TensorFlow binds them to every
+interface (``0.0.0.0``): run them on a trusted network only.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from allreduce._cluster_spec import check_cluster_spec
 from allreduce._supervisor import Supervisor
 from allreduce._watchdog import NetworkProbe, ProcessProbe, Watchdog
 from allreduce._worker import JOB_NAME
-from allreduce.validation import check_int, check_seconds
+from allreduce.validation import check_bool, check_int, check_seconds
 
 __all__ = [
     "DEFAULT_OP_TIMEOUT_S",
@@ -109,9 +110,9 @@ class LocalCluster(Cluster):
         """
         self._supervisor.kill(task, sig)
 
-    def _connect(self, client: str | None, timeout_s: float) -> None:
+    def _connect(self, address: str, timeout_s: float) -> None:
         expected = self._devices
-        super()._connect(client, timeout_s)
+        super()._connect(address, timeout_s)
         found = {d for worker in self._devices for d in worker}
         self._devices = expected  # CPUs only, even where a worker also sees a GPU
         missing = [d for worker in expected for d in worker if d not in found]
@@ -146,6 +147,11 @@ class RemoteCluster(Cluster):
         return f"RemoteCluster(job {self._job!r}, {self._state()}, {self._jobs[self._job]})"
 
 
+def _check_not_connected() -> None:
+    if _connection.owner() is not None:
+        raise RuntimeError(f"this process is already connected to {_connection.owner()!r}; close it first")
+
+
 def _check_ports(ports: Sequence[int] | None, workers: int) -> list[int] | None:
     if ports is None:
         return None
@@ -170,13 +176,11 @@ def local_cluster(
 
     Each worker is a child process running ``tf.distribute.Server`` for
     ``/job:worker/task:N`` with ``devices_per_worker`` logical CPUs. The calling process
-    joins as job ``localhost`` (its own devices keep their names). On leaving the block,
-    by any path, the workers are killed and reaped; a worker also dies with the thread
-    that started it, even while stopped. A process is connected to one cluster at a time.
-
-    Tensors on the workers stay where they are. Once the block is left, using one (its
-    value, or as an input) raises a TensorFlow error naming the missing worker or
-    device; it never crashes the process. Copy values home (``.numpy()``) inside the block.
+    joins as job ``localhost``. On leaving the block, by any path, the workers are
+    killed and reaped; a worker also dies with the thread that started it, even while
+    stopped. A process is connected to one cluster at a time. Tensors on the workers
+    stay there: after the block, using one raises an exception naming its worker or
+    device (read values with ``.numpy()`` inside the block).
 
     Args:
         workers: the number of worker processes.
@@ -191,7 +195,7 @@ def local_cluster(
         The :class:`LocalCluster`.
 
     Raises:
-        TypeError, ValueError: bad counts, ports or timeouts.
+        TypeError, ValueError: bad counts, ports, timeouts or ``connect``.
         WorkerStartError: a worker could not start; the message holds its stderr.
         WorkerError: a worker failed while connecting.
         RuntimeError: this process is already connected to another cluster.
@@ -202,8 +206,9 @@ def local_cluster(
     unresponsive_s = check_seconds("unresponsive_s", unresponsive_s, allow_zero=False)
     start_timeout_s = check_seconds("start_timeout_s", start_timeout_s, allow_zero=False)
     chosen = _check_ports(ports, workers)
-    if connect and _connection.owner() is not None:
-        raise RuntimeError(f"this process is already connected to {_connection.owner()!r}; close it first")
+    if check_bool("connect", connect):
+        _check_not_connected()
+        address = _connection.client_address([], None)
     cluster = LocalCluster(
         workers,
         devices_per_worker,
@@ -214,7 +219,7 @@ def local_cluster(
     )
     try:
         if connect:
-            cluster._connect(None, start_timeout_s)
+            cluster._connect(address, start_timeout_s)
         yield cluster
     finally:
         cluster.close()
@@ -254,9 +259,11 @@ def connect(
     jobs, client = check_cluster_spec(cluster_spec, job_name, _connection.CLIENT_JOB)
     op_timeout_s = check_seconds("op_timeout_s", op_timeout_s, allow_zero=False)
     unresponsive_s = check_seconds("unresponsive_s", unresponsive_s, allow_zero=False)
+    _check_not_connected()
+    address = _connection.client_address([a for tasks in jobs.values() for a in tasks], client)
     cluster = RemoteCluster(jobs, job_name, op_timeout_s, unresponsive_s)
     try:
-        cluster._connect(client, op_timeout_s)
+        cluster._connect(address, op_timeout_s)
         yield cluster
     finally:
         cluster.close()

@@ -83,6 +83,9 @@ def _frozen_under_direct_calls(args: dict, touch_old, closed: dict) -> dict:
             cluster.check()
         except WorkerError as err:
             record["task"], record["reason"] = err.task, err.reason
+        deadline = time.monotonic() + 10  # a killed process may take a moment to exit
+        while not _gone(cluster.pids[1]) and time.monotonic() < deadline:
+            time.sleep(0.05)
         record["fenced"] = _gone(cluster.pids[1])
     return record
 

@@ -268,3 +268,8 @@ def test_connecting_twice_in_one_process_is_refused(monkeypatch):
     monkeypatch.setattr(_connection, "_owner", "another cluster")
     with pytest.raises(RuntimeError, match="already connected to 'another cluster'"), local_cluster(1, 1):
         pass
+
+
+def test_connect_must_be_a_bool():
+    with pytest.raises(TypeError, match="connect must be a bool, got int: 1"), local_cluster(1, 1, connect=1):
+        pass
