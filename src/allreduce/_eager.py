@@ -22,7 +22,7 @@ from allreduce.runtime_hooks import on_context_change
 __all__ = ["CACHE_SIZE", "cache_size", "call", "clear"]
 
 #: The most traced all-reduces kept at once.
-CACHE_SIZE = 128
+CACHE_SIZE = 64
 
 Build = Callable[[Sequence[Sequence[tf.Tensor]]], list[list[tf.Tensor]]]
 

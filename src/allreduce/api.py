@@ -22,7 +22,7 @@ from allreduce import _eager
 from allreduce._tf import SUPPORTED_DTYPES, tf
 from allreduce.devices import parse_device_name
 from allreduce.emit import Options, emit_batch
-from allreduce.plan import Bucket, plan_batch
+from allreduce.plan import DEFAULT_PACK_MAX_GROUP, Bucket, plan_batch
 from allreduce.registry import get_algorithm
 from allreduce.spec import AllReduceSpecTuple
 from allreduce.validation import (
@@ -43,8 +43,6 @@ __all__ = ["DEFAULT_PACK_MAX_GROUP", "REDUCTIONS", "SUPPORTED_DTYPES", "all_redu
 Reduction = Literal["sum", "mean"]
 REDUCTIONS = ("sum", "mean")
 WorkerGroups = Sequence[Sequence[int]]
-#: The most tensors one pack holds unless ``pack_max_group`` says otherwise.
-DEFAULT_PACK_MAX_GROUP = 10
 
 
 @dataclass(frozen=True)
@@ -117,9 +115,16 @@ def _request(
 
 
 def _run(request: Request, towers: Sequence[Sequence[tf.Tensor]], scope: str) -> list[list[tf.Tensor]]:
-    if tf.executing_eagerly():
+    if not tf.executing_eagerly():
+        return _emit(request, towers, scope)
+    try:
         return _eager.call(request, towers, request.devices, lambda ts: _emit(request, ts, scope))
-    return _emit(request, towers, scope)
+    except tf.errors.OpError as err:
+        notes = {get_algorithm(b.spec.alg).failure_note for b in request.buckets} - {None}
+        if not notes:
+            raise
+        message = f"{err.message}\n\nallreduce: " + "; ".join(sorted(notes))  # type: ignore[arg-type]
+        raise type(err)(err.node_def, err.op, message) from err
 
 
 def _emit(request: Request, towers: Sequence[Sequence[tf.Tensor]], scope: str) -> list[list[tf.Tensor]]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext, run_all_reduce
+from allreduce.algorithms.base import BuildContext, concat_1d, constant_on, run_all_reduce, split_1d
 from allreduce.plan import Bucket
 from allreduce.registry import get_algorithm
 from allreduce.wire import PLAIN, Wire
@@ -35,18 +35,18 @@ def _flatten(members: Sequence[tf.Tensor], device: str) -> tf.Tensor:
     if len(members) == 1 and members[0].shape.rank == 1:
         return members[0]
     with tf.device(device):
-        flat = [m if m.shape.rank == 1 else tf.reshape(m, [-1]) for m in members]
-        return flat[0] if len(flat) == 1 else tf.concat(flat, axis=0)
+        flat = [m if m.shape.rank == 1 else tf.reshape(m, constant_on((-1,), device)) for m in members]
+    return flat[0] if len(flat) == 1 else concat_1d(flat, device)
 
 
 def _unflatten(value: tf.Tensor, shapes: Sequence[tf.TensorShape], device: str) -> list[tf.Tensor]:
     """``value`` cut back into tensors of ``shapes``, on ``device``, with one split."""
+    pieces = [value] if len(shapes) == 1 else split_1d(value, device, [s.num_elements() for s in shapes])
     with tf.device(device):
-        if len(shapes) == 1:
-            pieces = [value]
-        else:
-            pieces = tf.split(value, [s.num_elements() for s in shapes], axis=0, num=len(shapes))
-        return [p if s.rank == 1 else tf.reshape(p, s) for p, s in zip(pieces, shapes)]
+        return [
+            p if s.rank == 1 else tf.reshape(p, constant_on(tuple(s.as_list()), device))
+            for p, s in zip(pieces, shapes)
+        ]
 
 
 def _reduce_bucket(

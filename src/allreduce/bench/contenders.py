@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from allreduce.bench.cases import Case
+from allreduce.plan import DEFAULT_PACK_MAX_GROUP
 from allreduce.registry import get_algorithm
 from allreduce.spec import parse_all_reduce_spec
 
@@ -38,7 +39,7 @@ PEER = "peer"
 FLOOR = "floor"
 
 #: ``batch_all_reduce``'s own default ``pack_max_group`` (it matters only with packing on).
-LIBRARY_PACK_MAX_GROUP = 10
+LIBRARY_PACK_MAX_GROUP = DEFAULT_PACK_MAX_GROUP
 
 Step = Callable[[], Sequence[Sequence[Any]]]
 
