@@ -20,6 +20,7 @@ from typing import Literal
 
 from allreduce import _eager
 from allreduce._tf import SUPPORTED_DTYPES, tf
+from allreduce.compression import wire_for
 from allreduce.devices import parse_device_name
 from allreduce.emit import Options, emit_batch
 from allreduce.plan import DEFAULT_PACK_MAX_GROUP, Bucket, plan_batch
@@ -36,7 +37,7 @@ from allreduce.validation import (
     check_towers,
     check_worker_groups,
 )
-from allreduce.wire import PLAIN, Wire
+from allreduce.wire import Wire
 
 __all__ = ["DEFAULT_PACK_MAX_GROUP", "REDUCTIONS", "SUPPORTED_DTYPES", "all_reduce", "batch_all_reduce"]
 
@@ -133,10 +134,10 @@ def _emit(request: Request, towers: Sequence[Sequence[tf.Tensor]], scope: str) -
 
 
 def _options(
-    reduction: str, worker_groups: WorkerGroups | None, timeout_s: float, compression: Wire
+    reduction: str, worker_groups: WorkerGroups | None, timeout_s: float, compression: str | Wire
 ) -> Options:
     seconds = check_seconds("timeout_s", timeout_s, allow_zero=True)
-    return Options(reduction, worker_groups, seconds, compression)  # type: ignore[arg-type]
+    return Options(reduction, worker_groups, seconds, wire_for(compression))  # type: ignore[arg-type]
 
 
 @tf.autograph.experimental.do_not_convert
@@ -148,6 +149,7 @@ def all_reduce(
     devices: Sequence[str] | None = None,
     worker_groups: WorkerGroups | None = None,
     timeout_s: float = 0.0,
+    compression: str | Wire = "none",
 ) -> list[tf.Tensor]:
     """All-reduces one tensor per device with the algorithm ``spec`` names.
 
@@ -162,6 +164,8 @@ def all_reduce(
         worker_groups: input indices grouped by worker for hierarchical specs; by
             default devices are grouped by their ``/job/replica/task``.
         timeout_s: for ``collective``, the most seconds to wait for peers (0: none).
+        compression: ``"none"``, ``"bf16"`` or ``"fp16"``: floating values cross devices
+            in that type where bytes cost (see :mod:`allreduce.compression`).
 
     Returns:
         One result per input, in order, each on its input's device; all results are
@@ -176,7 +180,7 @@ def all_reduce(
             the graph is built.
     """
     dense = check_tensor_list(tensors)
-    options = _options(reduction, worker_groups, timeout_s, PLAIN)
+    options = _options(reduction, worker_groups, timeout_s, compression)
     towers = [[t] for t in dense]
     request = _request(towers, spec, devices, options, (0, DEFAULT_PACK_MAX_GROUP))
     return [tower[0] for tower in _run(request, towers, "all_reduce")]
@@ -193,6 +197,7 @@ def batch_all_reduce(
     devices: Sequence[str] | None = None,
     worker_groups: WorkerGroups | None = None,
     timeout_s: float = 0.0,
+    compression: str | Wire = "none",
 ) -> list[list[tf.Tensor]]:
     """All-reduces many tensors per device: ``tower_tensors[d][i]`` is tensor i on device d.
 
@@ -221,7 +226,7 @@ def batch_all_reduce(
         check_int("pack_max_bytes", pack_max_bytes, minimum=0),
         check_int("pack_max_group", pack_max_group, minimum=1),
     )
-    options = _options(reduction, worker_groups, timeout_s, PLAIN)
+    options = _options(reduction, worker_groups, timeout_s, compression)
     if not towers[0]:
         if devices is not None:
             check_device_names(devices, len(towers), "tower")

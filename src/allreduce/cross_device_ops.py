@@ -29,6 +29,7 @@ from tensorflow.python.distribute import values as _values
 
 from allreduce import api as _api
 from allreduce._tf import SUPPORTED_DTYPES, tf
+from allreduce.compression import wire_for
 from allreduce.registry import get_algorithm
 from allreduce.validation import check_bool, check_int, check_seconds, check_spec
 
@@ -95,6 +96,7 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
         densify_max_elements: int = 0,
         check_finite: bool = False,
         timeout_s: float = 0.0,
+        compression: str = "none",
     ) -> None:
         """
         Args:
@@ -109,6 +111,8 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
                 with a message naming the value (its index in the batch, its graph
                 tensor name, shape and dtype).
             timeout_s: for the ``collective`` algorithm, the most seconds to wait.
+            compression: ``"none"``, ``"bf16"`` or ``"fp16"``, as in
+                :func:`allreduce.batch_all_reduce`.
 
         Raises:
             TypeError: ``spec`` is not a string, or an option has the wrong type.
@@ -132,6 +136,8 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
         self.densify_max_elements = check_int("densify_max_elements", densify_max_elements, minimum=0)
         self.check_finite = check_bool("check_finite", check_finite)
         self.timeout_s = check_seconds("timeout_s", timeout_s, allow_zero=True)
+        wire_for(compression)  # raises TypeError/ValueError now rather than at the first step
+        self.compression = compression
         self._fallback = tf.distribute.ReductionToOneDevice()
         self._warned: set[str] = set()
 
@@ -139,7 +145,7 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
         return (
             f"SpecCrossDeviceOps(spec={self.spec!r}, pack_max_bytes={self.pack_max_bytes}, "
             f"pack_max_group={self.pack_max_group}, densify_max_elements={self.densify_max_elements}, "
-            f"check_finite={self.check_finite})"
+            f"check_finite={self.check_finite}, compression={self.compression!r})"
         )
 
     # -- the CrossDeviceOps protocol ------------------------------------------------------
@@ -197,6 +203,7 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
             pack_max_group=self.pack_max_group,
             devices=list(sources),
             timeout_s=self.timeout_s,
+            compression=self.compression,
         )
         return [[reduced[d][j] for d in range(len(sources))] for j in range(len(values))]
 

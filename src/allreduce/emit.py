@@ -67,7 +67,7 @@ def _reduce_bucket(
         tensor_index=bucket.index,
         worker_groups=options.worker_groups,
         timeout_s=options.timeout_s,
-        wire=options.wire,
+        wire=options.wire.for_dtype(flat[0].dtype),
     )
     summed = run_all_reduce(flat, devices, ctx)
     if options.reduction != "mean" or not info.reduces:

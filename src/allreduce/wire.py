@@ -35,6 +35,12 @@ class Wire:
 
     name = "none"
 
+    def for_dtype(self, dtype: tf.DType) -> Wire:
+        """The wire for values of ``dtype``: this one, or :data:`PLAIN` where it would
+        leave such values unchanged anyway."""
+        del dtype
+        return self
+
     def crosses(self, src: str, dst: str) -> bool:
         """Whether a value sent from ``src`` to ``dst`` is transformed on the way."""
         del src, dst
