@@ -147,7 +147,14 @@ class AlgorithmInfo:
                 return f"{self.name} within a worker: {found}"
         if len(groups) == 1:
             return None
-        found = upper.problem([devices[group[0]] for group in groups], shards)
+        # The lower level leaves each worker's sum on a CPU of it when it gathers on CPUs.
+        sums = [
+            gather_candidates([devices[i] for i in group], CPU)[0]
+            if lower.gather_type == CPU
+            else devices[group[0]]
+            for group in groups
+        ]
+        found = upper.problem(sums, shards)
         return f"{self.name} across workers: {found}" if found else None
 
     def load_builder(self) -> Callable[..., Any]:

@@ -14,21 +14,32 @@ from hypothesis import strategies as st
 
 import allreduce
 from allreduce.registry import GPU, algorithm_names, get_algorithm
-from tests.properties.test_algorithm_properties import check_outputs, run_case
+from tests.cases import Case, check_outcome, run_case
 from tests.strategies import ALL_TEST_DTYPES, make_tensor, shapes
 
 pytestmark = pytest.mark.gpu
 
 LOGICAL_GPUS = [d.name for d in tf.config.list_logical_devices("GPU")]
 PHYSICAL_GPUS = tf.config.list_physical_devices("GPU")
-NCCL_SPECS = ["nccl", "nccl/xring", "nccl/rechd", "nccl/pscpu"]
-GPU_SPECS = [
-    n
-    for n in algorithm_names()
-    if GPU in get_algorithm(n).device_types and get_algorithm(n).reduces and n != "nccl"
-] + ["pscpu/pscpu", "psgpu/xring", "xring/rechd", "psgpu#2"]
+
+
+def _gpu_reducing(physical: bool) -> list[str]:
+    """The registry's GPU algorithms that reduce, needing physical GPUs or not."""
+    return [
+        n
+        for n in algorithm_names(hierarchical=True)
+        if GPU in get_algorithm(n).device_types
+        and get_algorithm(n).reduces
+        and get_algorithm(n).physical_devices == physical
+    ]
+
+
+# Algorithms that need a physical GPU per input (NCCL) cannot use GPUs split from one.
+PHYSICAL_SPECS = _gpu_reducing(physical=True)
+GPU_SPECS = [*_gpu_reducing(physical=False), "psgpu/xring", "xring/rechd", "psgpu#2", "torus#2"]
 needs_two_physical = pytest.mark.skipif(
-    len(PHYSICAL_GPUS) < 2, reason=f"NCCL needs 2 or more physical GPUs; {len(PHYSICAL_GPUS)} visible"
+    len(PHYSICAL_GPUS) < 2,
+    reason=f"{PHYSICAL_SPECS} need 2 or more physical GPUs; {len(PHYSICAL_GPUS)} visible",
 )
 
 
@@ -37,18 +48,19 @@ def full_name(name: str) -> str:
 
 
 @st.composite
-def gpu_cases(draw: st.DrawFn, spec: str, max_devices: int, min_devices: int = 1) -> dict:
-    n = draw(st.integers(min_devices, max_devices))
+def gpu_cases(draw: st.DrawFn, spec: str, max_devices: int) -> Case:
+    info = get_algorithm(spec.split("#")[0])
+    shards = int(spec.split("#")[1]) if "#" in spec else 1
+    counts = [n for n in range(1, max_devices + 1) if info.problem(LOGICAL_GPUS[:n], shards) is None]
+    n = draw(st.sampled_from(counts))
     dtype = draw(st.sampled_from(ALL_TEST_DTYPES))
-    return dict(
+    return Case(
         spec=spec,
-        n=n,
-        devices=[full_name(d) for d in LOGICAL_GPUS[:n]],
+        devices=tuple(full_name(d) for d in LOGICAL_GPUS[:n]),
         shape=draw(shapes),
         dtype=dtype,
         reduction="sum" if dtype.is_integer else draw(st.sampled_from(["sum", "mean"])),
         graph=draw(st.booleans()),
-        groups=None,
         seed=draw(st.integers(0, 2**32 - 1)),
     )
 
@@ -56,16 +68,16 @@ def gpu_cases(draw: st.DrawFn, spec: str, max_devices: int, min_devices: int = 1
 @pytest.mark.parametrize("spec", GPU_SPECS)
 @given(data=st.data())
 def test_gpu_all_reduce_matches_numpy_sum(spec: str, data: st.DataObject) -> None:
-    case = data.draw(gpu_cases(spec, len(LOGICAL_GPUS), min_devices=2 if spec.endswith("#2") else 1))
-    check_outputs(case, *run_case(case))
+    case = data.draw(gpu_cases(spec, len(LOGICAL_GPUS)))
+    check_outcome(case, run_case(case))
 
 
 @needs_two_physical
-@pytest.mark.parametrize("spec", NCCL_SPECS)
+@pytest.mark.parametrize("spec", PHYSICAL_SPECS)
 @given(data=st.data())
-def test_nccl_matches_numpy_sum(spec: str, data: st.DataObject) -> None:
+def test_physical_gpu_algorithms_match_numpy_sum(spec: str, data: st.DataObject) -> None:
     case = data.draw(gpu_cases(spec, len(PHYSICAL_GPUS)))
-    check_outputs(case, *run_case(case))
+    check_outcome(case, run_case(case))
 
 
 def test_nccl_on_a_cpu_input_names_the_device() -> None:

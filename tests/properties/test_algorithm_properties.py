@@ -7,7 +7,7 @@ and is bitwise identical to the other outputs.
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 import allreduce
 from allreduce.registry import CPU, algorithm_names, get_algorithm
-from tests.oracle import exact_sum, to_float64, tolerance
+from tests.cases import Case, Outcome, check_outcome, partition, placement, run_case
+from tests.oracle import to_float64
 from tests.strategies import ALL_TEST_DTYPES, cpu, make_tensor, random_values, shapes
 
 CPU_REDUCING = [
@@ -27,91 +28,45 @@ CPU_COMPOSABLE = [n for n in CPU_REDUCING if get_algorithm(n).composable]
 
 
 @st.composite
-def partitions(draw: st.DrawFn, n: int) -> list[list[int]]:
+def partitions(draw: st.DrawFn, n: int) -> tuple[tuple[int, ...], ...]:
     """A random grouping of 0..n-1 into workers (contiguous or shuffled)."""
     order = draw(st.permutations(range(n)))
-    cuts = sorted(draw(st.sets(st.integers(1, max(1, n - 1)), max_size=n - 1))) if n > 1 else []
-    bounds = [0, *cuts, n]
-    return [sorted(order[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
+    cuts = draw(st.sets(st.integers(1, max(1, n - 1)), max_size=n - 1)) if n > 1 else set()
+    return partition(order, sorted(cuts))
 
 
 @st.composite
-def cases(draw: st.DrawFn, alg: str | None = None) -> dict:
+def cases(draw: st.DrawFn, alg: str | None = None, devices: Sequence[str] | None = None) -> Case:
+    """A case of ``alg`` (or of a random hierarchical pair) on 1-8 of ``devices``
+    (default: the logical CPUs), with a shard count the registry accepts there."""
     if alg is None:
         alg = f"{draw(st.sampled_from(CPU_COMPOSABLE))}/{draw(st.sampled_from(CPU_COMPOSABLE))}"
-    n = draw(st.integers(1, 8))
-    devices = [cpu(i) for i in range(n)]
+    pool = list(devices) if devices is not None else [cpu(i) for i in range(8)]
+    n = draw(st.integers(1, len(pool)))
+    chosen = tuple(pool[:n])
     groups = draw(partitions(n)) if "/" in alg else None
     info = get_algorithm(alg)
     # The shard counts the registry says this algorithm honours on these devices.
     valid = [k for k in range(1, 9) if info.takes_shards or k == 1]
-    shards = draw(st.sampled_from([k for k in valid if info.problem(devices, k, groups) is None]))
+    shards = draw(st.sampled_from([k for k in valid if info.problem(chosen, k, groups) is None]))
     dtype = draw(st.sampled_from(ALL_TEST_DTYPES))
-    reduction = "sum" if dtype.is_integer else draw(st.sampled_from(["sum", "mean"]))
-    return dict(
+    return Case(
         spec=alg if shards == 1 else f"{alg}#{shards}",
-        n=n,
-        devices=devices,
+        devices=chosen,
         shape=draw(shapes),
         dtype=dtype,
-        reduction=reduction,
+        reduction="sum" if dtype.is_integer else draw(st.sampled_from(["sum", "mean"])),
         graph=draw(st.booleans()),
         groups=groups,
         seed=draw(st.integers(0, 2**32 - 1)),
     )
 
 
-def placement(t: tf.Tensor) -> str:
-    """The device of the op that produced a function output (tf.function wraps outputs
-    in device-less Identity ops)."""
-    while not t.device and t.op.type == "Identity":
-        t = t.op.inputs[0]
-    return t.device
-
-
-def run_case(case: dict) -> tuple[list[np.ndarray], list[tf.Tensor], list[str]]:
-    rng = np.random.default_rng(case["seed"])
-    n, dtype, devices = case["n"], case["dtype"], case["devices"]
-    arrays = [random_values(rng, case["shape"], dtype) for _ in range(n)]
-    tensors = [make_tensor(a, dtype, d) for a, d in zip(arrays, devices)]
-    before = [t.numpy().tobytes() for t in tensors]
-    kwargs = dict(reduction=case["reduction"], worker_groups=case["groups"])
-    if case["graph"]:
-        function = tf.function(
-            lambda *xs: allreduce.all_reduce(list(xs), case["spec"], devices=devices, **kwargs),
-            autograph=False,
-        )
-        outputs = function(*tensors)
-        graph = function.get_concrete_function(*tensors).graph
-        placed = [placement(t) for t in graph.structured_outputs]
-    else:
-        outputs = allreduce.all_reduce(tensors, case["spec"], **kwargs)
-        placed = [t.device for t in outputs]
-    assert [t.numpy().tobytes() for t in tensors] == before  # inputs are not modified
-    return [to_float64(t) for t in tensors], outputs, placed
-
-
-def check_outputs(case: dict, inputs: list[np.ndarray], outputs: list[tf.Tensor], placed: list[str]) -> None:
-    n, dtype, mean = case["n"], case["dtype"], case["reduction"] == "mean"
-    assert len(outputs) == n
-    expected = exact_sum(inputs) / (n if mean else 1)
-    bound = tolerance(inputs, dtype, mean)
-    for i, out in enumerate(outputs):
-        assert out.dtype == dtype and tuple(out.shape) == tuple(case["shape"])
-        assert tf.DeviceSpec.from_string(placed[i]) == tf.DeviceSpec.from_string(case["devices"][i]), placed[
-            i
-        ]
-        error = np.abs(to_float64(out) - expected)
-        assert np.all(error <= bound), f"device {i}: error {error.max()} > bound {bound.max()}"
-    reference = outputs[0].numpy().tobytes()
-    assert all(out.numpy().tobytes() == reference for out in outputs[1:])
-
-
 @pytest.mark.parametrize("alg", CPU_REDUCING)
 @given(data=st.data())
 def test_all_reduce_matches_numpy_sum(alg: str, data: st.DataObject) -> None:
     case = data.draw(cases(alg))
-    check_outputs(case, *run_case(case))
+    check_outcome(case, run_case(case))
 
 
 SHARDED = [n for n in CPU_REDUCING if get_algorithm(n).takes_shards]
@@ -133,8 +88,8 @@ def test_shard_counts_the_registry_refuses_raise_its_reason(alg: str, n: int, sh
 
 
 @given(cases())
-def test_hierarchical_all_reduce_matches_numpy_sum(case: dict) -> None:
-    check_outputs(case, *run_case(case))
+def test_hierarchical_all_reduce_matches_numpy_sum(case: Case) -> None:
+    check_outcome(case, run_case(case))
 
 
 @given(st.integers(1, 8), shapes, st.booleans())
@@ -208,15 +163,14 @@ def test_batch_all_reduce_matches_numpy_sum(case: dict) -> None:
         placed = [[t.device for t in tower] for tower in result]
     assert len(result) == n
     for i, dtype in enumerate(case["dtypes"]):
-        column = {
-            "n": n,
-            "devices": devices,
-            "dtype": dtype,
-            "reduction": kwargs["reduction"],
-            "shape": case["shapes"][i],
-        }
-        inputs = [to_float64(towers[d][i]) for d in range(n)]
-        check_outputs(column, inputs, [result[d][i] for d in range(n)], [placed[d][i] for d in range(n)])
+        column = Case("", tuple(devices), case["shapes"][i], dtype, kwargs["reduction"])
+        outcome = Outcome(
+            inputs=[to_float64(towers[d][i]) for d in range(n)],
+            outputs=[result[d][i].numpy() for d in range(n)],
+            dtypes=[result[d][i].dtype for d in range(n)],
+            placed=[placed[d][i] for d in range(n)],
+        )
+        check_outcome(column, outcome)
 
 
 UNPLACED_OP_TYPES = {"Placeholder", "NoOp"}
