@@ -13,6 +13,7 @@ result is exact on every device. ``-k 4dev-16MiB`` or ``-k xring`` selects a sli
 from __future__ import annotations
 
 import pytest
+from tests.strategies import cpu
 
 from allreduce.bench.cases import Case, many_small_case, sweep_cases
 from allreduce.bench.contenders import Contender, Setup, SpecContender, default_specs
@@ -29,7 +30,7 @@ ROUND_BYTES = 64 << 20
 
 
 def _setup(n: int) -> Setup:
-    devices = tuple(f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(n))
+    devices = tuple(cpu(i) for i in range(n))
     return Setup(
         devices=devices,
         device_type="CPU",

@@ -1,18 +1,20 @@
 """Mutation testing with mutmut: the pure layer, and the TensorFlow-emitting algorithm modules.
 
-    python tools/mutation.py pure                # spec, devices, ranges, schedules, registry
-    python tools/mutation.py algorithms          # ring, halving-doubling, shuffle, simple,
-                                                 # hierarchical, packing
+    python tools/mutation.py pure                # the modules that declare __layer__ = "pure"
+    python tools/mutation.py algorithms          # every module the registry names a builder in
     python tools/mutation.py pure algorithms --max-children 2   # both (tox -e mutation)
 
 Each target runs in its own copy of the tree, ``build/mutation/<target>/``, so that the two
-never share mutmut's state and the working tree is left alone. The ``pure`` target uses
-``[tool.mutmut]`` of ``pyproject.toml`` as it stands; ``algorithms`` replaces the files to
-mutate and the tests to run (see ``TARGETS``). Hypothesis runs the derandomized ``ci``
-profile, so that a run's verdicts repeat, without shrinking (``tests/conftest.py``).
+never share mutmut's state and the working tree is left alone. Each target sets the files
+to mutate and the tests to run in ``[tool.mutmut]`` (see :func:`targets`): nothing here
+lists modules by hand, so a new pure module or a new algorithm is picked up as it is.
+Hypothesis runs the derandomized ``ci`` profile, so that a run's verdicts repeat, without
+shrinking (``tests/conftest.py``).
 
-A mutant counts as detected when a test fails or times out. The score is detected / all
-mutants (a mutant no test reaches counts as a survivor). The run prints every survivor's
+A mutant counts as detected when a test fails or times out. The pure layer's score is
+detected / all mutants; the algorithm modules' is detected / the mutants of modules whose
+code can run without a GPU (NCCL's cannot), both printed (a mutant no test reaches counts
+as a survivor). The run prints every survivor's
 diff, writes them to ``build/mutation/<target>/report.md``, and exits 1 when a score is
 below its floor (``FLOORS``, or ``--min-score``). ``docs/mutation.md`` explains the
 survivors of the last full run.
@@ -44,35 +46,75 @@ def say(*parts: object, stream: TextIO = sys.stdout) -> None:
 
 STAGING = ROOT / "build" / "mutation"
 
-#: Settings that differ from ``[tool.mutmut]`` per target.
-TARGETS: dict[str, dict[str, object]] = {
-    "pure": {},
-    "algorithms": {
-        "only_mutate": [
-            "src/allreduce/algorithms/ring.py",
-            "src/allreduce/algorithms/halving_doubling.py",
-            "src/allreduce/algorithms/shuffle.py",
-            "src/allreduce/algorithms/simple.py",
-            "src/allreduce/algorithms/hierarchical.py",
-            "src/allreduce/packing.py",
-        ],
-        "pytest_add_cli_args_test_selection": [
-            "tests/properties/test_algorithm_properties.py",
-            "tests/properties/test_packing_properties.py",
-            # The seed-compatible packing helpers and the packing defects of the seed.
-            "tests/unit/test_compat.py",
-            "tests/unit/test_seed_defects.py",
-            # The validation of tower lists that packing shares with the API.
-            "tests/unit/test_api_errors.py",
-        ],
-        # A mutant that hangs a graph would otherwise hold a worker for minutes: the
-        # limit is this many times the clean tests' time, in CPU seconds.
-        "timeout_multiplier": 5.0,
-    },
-}
-#: The lowest score each target may have. The algorithm modules' floor is a ratchet at
-#: the measured score: docs/mutation.md lists what their tests cannot see on CPUs.
-FLOORS = {"pure": 90.0, "algorithms": 75.0}
+
+def _registry():
+    """The algorithm registry, imported from the source tree (it needs no TensorFlow)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from allreduce import registry
+
+    return registry
+
+
+def algorithm_modules() -> dict[str, bool]:
+    """Each module the registry names a builder or reducer in, with whether its code can
+    run on a machine without GPUs (some algorithm of it runs on CPUs, or its graph runs
+    soft-placed onto one CPU)."""
+    registry = _registry()
+    infos = [registry.get_algorithm(n) for n in registry.algorithm_names()]
+    composable = [i.name for i in infos if i.composable]
+    if composable:  # the hierarchical builder, which every A/B pair names
+        infos.append(registry.get_algorithm(f"{composable[0]}/{composable[0]}"))
+    runnable: dict[str, bool] = {}
+    for info in infos:
+        cpu = registry.CPU in info.device_types or info.emulable
+        for target in (info.builder, info.reducer):
+            if target:
+                module = f"src/allreduce/algorithms/{target.split(':')[0]}.py"
+                runnable[module] = runnable.get(module, False) or cpu
+    return runnable
+
+
+def _tests(*patterns: str) -> list[str]:
+    return sorted({str(p.relative_to(ROOT)) for pattern in patterns for p in ROOT.glob(pattern)})
+
+
+def targets() -> dict[str, dict[str, object]]:
+    """Settings that differ from ``[tool.mutmut]`` per target; the files come from the
+    modules' own declarations (``tools/layers.py``) and the registry."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from layers import pure_paths
+
+    return {
+        "pure": {
+            "only_mutate": pure_paths(),
+            "pytest_add_cli_args_test_selection": _tests(
+                "tests/unit/test_pure_*.py",
+                "tests/unit/test_spec.py",
+                "tests/unit/test_seed_defects.py",
+                "tests/properties/test_spec_properties.py",
+                "tests/properties/test_planning_properties.py",
+            ),
+        },
+        "algorithms": {
+            "only_mutate": sorted(algorithm_modules()),
+            "pytest_add_cli_args_test_selection": _tests(
+                "tests/properties/test_algorithm_properties.py",
+                "tests/properties/test_gpu_named_graphs.py",
+                "tests/unit/test_algorithms_base.py",
+                "tests/unit/test_api_errors.py",
+                "tests/unit/test_validation.py",
+            ),
+            # A mutant that hangs a graph would otherwise hold a worker for minutes: the
+            # limit is this many times the clean tests' time, in CPU seconds.
+            "timeout_multiplier": 5.0,
+        },
+    }
+
+
+TARGETS = ("pure", "algorithms")
+#: The lowest score each target may have: of all mutants for the pure layer, of the
+#: mutants whose code can run without a GPU for the algorithm modules.
+FLOORS = {"pure": 95.0, "algorithms": 90.0}
 DETECTED = {"killed", "timeout", "caught by type check", "segfault"}
 
 
@@ -92,7 +134,7 @@ def pyproject_for(target: str) -> str:
     """The project's pyproject.toml with ``[tool.mutmut]`` set for ``target``."""
     text = (ROOT / "pyproject.toml").read_text()
     config = dict(tomllib.loads(text)["tool"]["mutmut"])
-    config.update(TARGETS[target])
+    config.update(targets()[target])
     # Drop the table from its header to the next table header (or the end).
     text = re.sub(r"(?ms)^\[tool\.mutmut\]\s*$.*?(?=^\[|\Z)", "", text).rstrip() + "\n"
     table = "\n".join(f"{key} = {toml_value(value)}" for key, value in config.items())
@@ -147,6 +189,11 @@ def module_of(mutant: str) -> str:
     return re.split(r"\.x[_\u01c1]", mutant, maxsplit=1)[0]
 
 
+def _path_of(module: str) -> str:
+    """``src/allreduce/algorithms/ring.py`` for ``allreduce.algorithms.ring``."""
+    return "src/" + module.replace(".", "/") + ".py"
+
+
 def run_target(target: str, args: argparse.Namespace) -> float:
     where = stage(target, args.keep)
     log = where / "mutmut.log"
@@ -161,11 +208,20 @@ def run_target(target: str, args: argparse.Namespace) -> float:
     counts = Counter(statuses.values())
     total = len(statuses)
     detected = sum(n for status, n in counts.items() if status in DETECTED)
-    score = 100.0 * detected / total if total else 0.0
     survivors = sorted(name for name, status in statuses.items() if status not in DETECTED)
-
+    scored, killed = total, detected
     lines = [f"# Mutation run: {target}", ""]
-    lines.append(f"{detected}/{total} mutants detected ({score:.1f} %) in {minutes:.1f} min; by status:")
+    lines.append(
+        f"{detected}/{total} mutants detected ({100.0 * detected / max(total, 1):.1f} %) in {minutes:.1f} min"
+    )
+    if target == "algorithms":
+        cpu = {m for m, runnable in algorithm_modules().items() if runnable}
+        runnable = {n: s for n, s in statuses.items() if _path_of(module_of(n)) in cpu}
+        scored, killed = len(runnable), sum(s in DETECTED for s in runnable.values())
+        share = 100.0 * killed / max(scored, 1)
+        lines.append(f"algorithms: {killed} of {scored} CPU-runnable mutants killed ({share:.1f} %)")
+    score = 100.0 * killed / scored if scored else 0.0
+    lines.append("by status:")
     lines += [f"- {status}: {n}" for status, n in sorted(counts.items())]
     lines += ["", "| module | detected | total |", "| --- | --- | --- |"]
     per_module: dict[str, Counter] = {}

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from allreduce.validation import check_int
 
+__layer__ = "pure"
+
 __all__ = [
     "DeviceName",
     "build_all_reduce_device_prefixes",

@@ -16,6 +16,8 @@ from typing import NamedTuple
 from allreduce.ranges import plan_small_tensor_packs
 from allreduce.spec import AllReduceSpecTuple, select_spec_tuple
 
+__layer__ = "pure"
+
 __all__ = ["DEFAULT_PACK_MAX_GROUP", "Bucket", "plan_batch"]
 
 #: The most tensors one pack holds unless ``pack_max_group`` says otherwise: packs

@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 from allreduce.validation import check_int
 
+__layer__ = "pure"
+
 __all__ = ["PackPlan", "extract_ranges", "plan_small_tensor_packs"]
 
 

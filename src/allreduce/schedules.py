@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+__layer__ = "pure"
+
 __all__ = [
     "HalvingDoublingPlan",
     "Transfer",

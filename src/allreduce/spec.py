@@ -21,6 +21,8 @@ from typing import NamedTuple
 from allreduce.registry import get_algorithm
 from allreduce.validation import check_int
 
+__layer__ = "pure"
+
 __all__ = [
     "AllReduceSpecTuple",
     "format_all_reduce_spec",

@@ -22,9 +22,10 @@ from allreduce.bench.driver import run_case
 from allreduce.bench.peers import NumpyFloor
 from allreduce.registry import algorithm_names, get_algorithm
 from tests.oracle import exact_sum
+from tests.strategies import cpu
 
 TINY_RUN = ["--quick", "--max-bytes", "4096", "--iters", "2", "--warmup", "0", "--no-progress"]
-CPUS = [f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(8)]
+CPUS = [cpu(i) for i in range(8)]
 
 
 @pytest.fixture(autouse=True)

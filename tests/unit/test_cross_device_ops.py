@@ -16,9 +16,10 @@ import tensorflow as tf
 import allreduce.api
 from allreduce.cross_device_ops import SpecCrossDeviceOps
 from tests.oracle import exact_sum, to_float64, tolerance
+from tests.strategies import cpu
 
 NUM_REPLICAS = 4
-DEVICES = [f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(NUM_REPLICAS)]
+DEVICES = [cpu(i) for i in range(NUM_REPLICAS)]
 OTHER_DEVICE = "/job:localhost/replica:0/task:0/device:CPU:6"
 SUM, MEAN = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
 SPECS = ["xring", "pscpu", "rechd", "pscpu:1k:xring#2", "xring#3"]

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.strategies import cpu
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-DEVICES = [f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(4)]
+DEVICES = [cpu(i) for i in range(4)]
 
 
 def load(name: str) -> ModuleType:

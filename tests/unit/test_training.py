@@ -17,8 +17,9 @@ import tensorflow as tf
 
 import allreduce.api
 from allreduce.cross_device_ops import SpecCrossDeviceOps
+from tests.strategies import cpu
 
-DEVICES = [f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(4)]
+DEVICES = [cpu(i) for i in range(4)]
 BATCH = 32  # global; 8 per replica. Powers of two: every 1/n scaling of the loss is exact.
 STEPS = 3
 CLASSES = 3

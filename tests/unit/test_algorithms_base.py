@@ -1,12 +1,15 @@
-"""The graph shapes behind allreduce-bench's measured speed on CPUs.
+"""The shared builder helpers of ``allreduce.algorithms.base``: the graphs they build.
 
 The results of these helpers are covered by the algorithm tests; these check the
-shapes of the graphs they build, which is what the benchmark's numbers rest on.
+shapes of the graphs they build (the ops, their devices and inputs), which is what the
+measured speed on CPUs rests on.
 """
 
 from __future__ import annotations
 
-CPUS = [f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(4)]
+from tests.strategies import cpu
+
+CPUS = [cpu(i) for i in range(4)]
 
 
 def _context():
