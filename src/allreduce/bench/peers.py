@@ -3,7 +3,8 @@
 * ``numpy``: chained ``np.add`` of the host copies of the inputs into one preallocated
   buffer: a floor on what summing the bytes costs here (it moves nothing between
   devices and leaves one result, so it is not an all-reduce).
-* ``tf:ReductionToOneDevice``, ``tf:HierarchicalCopy``, ``tf:collective``: the
+* ``tf:ReductionToOneDevice``, ``tf:HierarchicalCopy``, ``tf:collective`` (and
+  ``tf:NcclAllReduce`` on GPUs, paired with our ``nccl``): the
   ``tf.distribute`` cross-device ops, called with ``batch_reduce`` on ``PerReplica``
   values inside a ``tf.function`` (``tf:collective`` is what ``MirroredStrategy``
   uses by default).
@@ -62,17 +63,30 @@ class CrossDeviceOpsPeer(Contender):
 
     ``halves``: the op sums two equal halves of the devices (TensorFlow's
     ``HierarchicalCopyAllReduce``, made for 8 GPUs), so with an odd device count it
-    leaves one device out of every sum; it is skipped there.
+    leaves one device out of every sum; it is skipped there. ``gpu_only``: the op runs
+    on GPUs only (NCCL has no CPU kernel); ``same_as``: the spec of ours it is compared with.
     """
 
-    def __init__(self, name: str, make: Callable[[Sequence[str], str], Any], *, halves: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        make: Callable[[Sequence[str], str], Any],
+        *,
+        halves: bool = False,
+        gpu_only: bool = False,
+        same_as: str | None = None,
+    ) -> None:
         self.name = name
         self._make = make
         self._halves = halves
+        self._gpu_only = gpu_only
+        self.same_as = same_as
 
     def skip_reason(self, case: Case, setup: Setup) -> str | None:
         if setup.workers > 1:
             return "tf.distribute cross-device ops of MirroredStrategy are single-process"
+        if self._gpu_only and setup.device_type != "GPU":
+            return "runs on GPUs only (NCCL has no CPU kernel)"
         if self._halves and setup.num_devices % 2:
             return f"sums two equal halves of the devices: wrong for an odd count ({setup.num_devices})"
         return None
@@ -108,6 +122,12 @@ def _hierarchical_copy(devices: Sequence[str], device_type: str) -> Any:
     from allreduce._tf import tf
 
     return tf.distribute.HierarchicalCopyAllReduce()
+
+
+def _nccl(devices: Sequence[str], device_type: str) -> Any:
+    from allreduce._tf import tf
+
+    return tf.distribute.NcclAllReduce()
 
 
 def _collective(devices: Sequence[str], device_type: str) -> Any:
@@ -189,14 +209,16 @@ def _shuffle(gathers: int) -> Callable[[Any, list[Any], Setup], list[Any]]:
 
 
 def default_peers(setup: Setup) -> list[Contender]:
-    """The numpy floor, the three ``tf.distribute`` cross-device ops and TensorFlow's
-    v1 builders, each paired with the spec of ours that runs the same algorithm."""
+    """The numpy floor, the ``tf.distribute`` cross-device ops (``NcclAllReduce`` on GPUs
+    only) and TensorFlow's v1 builders, each paired with the spec of ours that runs the
+    same algorithm."""
     shuffle = "pscpu" if setup.device_type == "CPU" else "psgpu"
     return [
         NumpyFloor(),
         CrossDeviceOpsPeer("tf:ReductionToOneDevice", _reduction_to_one_device),
         CrossDeviceOpsPeer("tf:HierarchicalCopy", _hierarchical_copy, halves=True),
         CrossDeviceOpsPeer("tf:collective", _collective),
+        CrossDeviceOpsPeer("tf:NcclAllReduce", _nccl, gpu_only=True, same_as="nccl"),
         V1BuilderPeer("tf-v1:ring", "xring", _ring(1)),
         V1BuilderPeer("tf-v1:ring#2", "xring#2", _ring(2)),
         V1BuilderPeer("tf-v1:rechd", "rechd", _recursive_hd, power_of_two=True),
