@@ -1,9 +1,11 @@
 """The one emitter: turns a batch plan (:mod:`allreduce.plan`) into TensorFlow ops.
 
 For each bucket it flattens (and, for a pack, concatenates) the members on each
-device, runs the bucket's algorithm, divides for a mean, and splits the result back
-with one op per device. It emits no op that does nothing: a 1-D tensor is not
-reshaped, a lone tensor is not concatenated or split.
+device, lets the bucket's wire fit the values to its range (a power-of-two scale for
+float16, :meth:`allreduce.wire.Wire.fit`), runs the bucket's algorithm, undoes the
+fit, divides for a mean, and splits the result back with one op per device. It emits
+no op that does nothing: a 1-D tensor is not reshaped, a lone tensor is not
+concatenated or split.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 from allreduce._tf import tf
 from allreduce.algorithms.base import BuildContext, concat_1d, constant_on, run_all_reduce, split_1d
+from allreduce.compression import wire_for
 from allreduce.plan import Bucket
 from allreduce.registry import get_algorithm
 from allreduce.wire import PLAIN, Wire
@@ -61,15 +64,18 @@ def _reduce_bucket(
             with tf.device(device):
                 out.append(tf.identity(value))
         return out
+    # A spec range's own compression (``xring@bf16``) wins over the call's.
+    wire = options.wire if bucket.spec.compression is None else wire_for(bucket.spec.compression)
     ctx = BuildContext(
         info=info,
         shards=bucket.spec.shards,
         tensor_index=bucket.index,
         worker_groups=options.worker_groups,
         timeout_s=options.timeout_s,
-        wire=options.wire.for_dtype(flat[0].dtype),
+        wire=wire.for_dtype(flat[0].dtype),
     )
-    summed = run_all_reduce(flat, devices, ctx)
+    fitted, restore = ctx.wire.fit(flat, devices)
+    summed = restore(run_all_reduce(fitted, devices, ctx))
     if options.reduction != "mean" or not info.reduces:
         return summed
     out = []

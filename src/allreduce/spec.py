@@ -5,11 +5,15 @@ Grammar::
     int       ::= [0-9]+
     g_int     ::= int [KkMGT]?          # K/k = 1024, M = 1024**2, ...
     alg       ::= name | name/name      # a registered algorithm or a hierarchical pair
-    alg_spec  ::= alg | alg#int         # int >= 1: the shard count
+    wire      ::= none | bf16 | fp16
+    alg_spec  ::= alg [#int] [@wire]    # int >= 1: the shard count; wire: the range's compression
     spec      ::= alg_spec (:g_int:alg_spec)*
 
 ``pscpu:2k:pscpu#2:64k:xring`` sends tensors of at most 2048 *elements* to ``pscpu``,
 those of at most 65536 elements to ``pscpu#2`` and larger ones to ``xring``.
+``pscpu:64k:xring#2@bf16`` compresses the large tensors' hops to bfloat16 whatever the
+call's ``compression=`` says (see :mod:`allreduce.compression`); a range without ``@``
+follows the call.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from allreduce.registry import get_algorithm
-from allreduce.validation import check_int
+from allreduce.validation import check_choice, check_int
+from allreduce.wire_formats import COMPRESSIONS
 
 __layer__ = "pure"
 
@@ -39,12 +44,18 @@ UNLIMITED = -1
 
 
 class AllReduceSpecTuple(NamedTuple):
-    """One range of a spec: algorithm name, shard count and the largest element count
-    it handles (``-1``: no limit, used by the last range)."""
+    """One range of a spec: algorithm name, shard count, the largest element count it
+    handles (``-1``: no limit, used by the last range) and its compression (``None``:
+    the call's; see :mod:`allreduce.compression`)."""
 
     alg: str
     shards: int
     limit: int
+    compression: str | None = None
+
+    def __repr__(self) -> str:
+        wire = "" if self.compression is None else f", compression={self.compression!r}"
+        return f"AllReduceSpecTuple(alg={self.alg!r}, shards={self.shards!r}, limit={self.limit!r}{wire})"
 
 
 def parse_general_int(s: str) -> int:
@@ -63,16 +74,30 @@ def parse_general_int(s: str) -> int:
     return int(digits) * _SUFFIXES[suffix]
 
 
-def _parse_alg_spec(spec: str, part: str) -> tuple[str, int]:
+def _parse_compression(spec: str, part: str) -> tuple[str, str | None]:
+    """``part`` without its ``@wire`` suffix, and the wire (``None`` without one)."""
+    rest, at, wire = part.partition("@")
+    if not at:
+        return part, None
+    if wire not in COMPRESSIONS:
+        raise ValueError(
+            f"all_reduce_spec {spec!r} contains unknown compression {wire!r} in {part!r}; "
+            f"known: {', '.join(COMPRESSIONS)}"
+        )
+    return rest, wire
+
+
+def _parse_alg_spec(spec: str, part: str) -> tuple[str, int, str | None]:
     if not part:
         raise ValueError(f"all_reduce_spec {spec!r} has an empty algorithm part")
+    part, wire = _parse_compression(spec, part)
     name, hash_mark, shards_text = part.partition("#")
     try:
         info = get_algorithm(name)
     except ValueError as err:
         raise ValueError(f"all_reduce_spec {spec!r} contains invalid algorithm {name!r}: {err}") from None
     if not hash_mark:
-        return name, 1
+        return name, 1, wire
     if not shards_text:
         raise ValueError(f"all_reduce_spec {spec!r}: shard count missing after '#' in {part!r}")
     if _POSITIVE_INT.fullmatch(shards_text) is None:
@@ -82,7 +107,7 @@ def _parse_alg_spec(spec: str, part: str) -> tuple[str, int]:
         raise ValueError(f"all_reduce_spec {spec!r}: shard count must be at least 1 in {part!r}")
     if shards > 1 and not info.takes_shards:
         raise ValueError(f"all_reduce_spec {spec!r}: algorithm {name!r} takes no shard count ({part!r})")
-    return name, shards
+    return name, shards, wire
 
 
 def parse_all_reduce_spec(all_reduce_spec: str) -> list[AllReduceSpecTuple]:
@@ -108,7 +133,7 @@ def parse_all_reduce_spec(all_reduce_spec: str) -> list[AllReduceSpecTuple]:
     result = []
     previous = None
     for i in range(0, len(parts), 2):
-        alg, shards = _parse_alg_spec(spec, parts[i])
+        alg, shards, wire = _parse_alg_spec(spec, parts[i])
         if i + 1 < len(parts):
             text = parts[i + 1]
             try:
@@ -123,7 +148,7 @@ def parse_all_reduce_spec(all_reduce_spec: str) -> list[AllReduceSpecTuple]:
             previous = limit
         else:
             limit = UNLIMITED
-        result.append(AllReduceSpecTuple(alg=alg, shards=shards, limit=limit))
+        result.append(AllReduceSpecTuple(alg=alg, shards=shards, limit=limit, compression=wire))
     return result
 
 
@@ -139,19 +164,22 @@ def validate_spec_tuples(tuples: Iterable[AllReduceSpecTuple | Sequence]) -> lis
     :class:`AllReduceSpecTuple`.
 
     Raises:
-        TypeError: a tuple is not a sequence of three fields.
+        TypeError: a tuple is not a sequence of three fields (or four, with a compression).
         ValueError: the tuples do not describe a valid spec (unknown algorithm, a shard
-            count below 1, limits that do not increase, or a last limit other than -1).
+            count below 1, limits that do not increase, a last limit other than -1, or
+            an unknown compression).
     """
     items = []
     for t in tuples:
-        if isinstance(t, str) or not isinstance(t, Sequence) or len(t) != 3:
+        if isinstance(t, str) or not isinstance(t, Sequence) or len(t) not in (3, 4):
             raise TypeError(f"a spec tuple must be (alg, shards, limit), got {t!r}")
         items.append(AllReduceSpecTuple(*t))
     if not items:
         raise ValueError("a spec needs at least one (alg, shards, limit) tuple, got none")
-    for i, (alg, shards, limit) in enumerate(items):
+    for i, (alg, shards, limit, wire) in enumerate(items):
         info = get_algorithm(alg)
+        if wire is not None:
+            check_choice(f"the compression of spec tuple {items[i]}", wire, COMPRESSIONS)
         check_int(f"the shards of spec tuple {items[i]}", shards, minimum=1)
         if shards > 1 and not info.takes_shards:
             raise ValueError(f"spec tuple {items[i]}: algorithm {alg!r} takes no shard count")
@@ -172,8 +200,9 @@ def format_all_reduce_spec(tuples: Iterable[AllReduceSpecTuple | Sequence]) -> s
         TypeError, ValueError: as :func:`validate_spec_tuples`.
     """
     pieces = []
-    for alg, shards, limit in validate_spec_tuples(tuples):
-        pieces.append(alg if shards == 1 else f"{alg}#{shards}")
+    for alg, shards, limit, wire in validate_spec_tuples(tuples):
+        text = alg if shards == 1 else f"{alg}#{shards}"
+        pieces.append(text if wire is None else f"{text}@{wire}")
         if limit != UNLIMITED:
             pieces.append(_format_limit(limit))
     return ":".join(pieces)

@@ -5,13 +5,15 @@ Builders never send a value to another device directly: a partial sum goes throu
 (once, where it was computed) and :meth:`Wire.open` (where it is used). This class
 sends values as they are and emits no op; a compressing wire
 (:mod:`allreduce.compression`) overrides :meth:`crosses`, :meth:`encode` and
-:meth:`decode`. Because a final sum is encoded once and every device, its own
-included, decodes the same packet, results stay bitwise identical on every device.
+:meth:`decode`, and :meth:`fit` where values must be scaled into its range first (the
+emitter calls it once per bucket, around the algorithm). Because a final sum is encoded
+once and every device, its own included, decodes the same packet, results stay bitwise
+identical on every device.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from allreduce._tf import tf
@@ -54,6 +56,14 @@ class Wire:
         """``packet`` back in ``dtype`` (called under the receiver's device)."""
         del dtype
         return packet
+
+    def fit(
+        self, values: Sequence[tf.Tensor], devices: Sequence[str]
+    ) -> tuple[list[tf.Tensor], Callable[[Sequence[tf.Tensor]], list[tf.Tensor]]]:
+        """``values[i]`` (on ``devices[i]``) made ready for this wire, and the function
+        that turns the all-reduced results back; here, unchanged both ways."""
+        del devices
+        return list(values), list
 
     def receive(self, value: tf.Tensor, src: str, dst: str) -> tf.Tensor:
         """``value``, computed on ``src``, ready to be added on ``dst``."""
