@@ -14,11 +14,13 @@ from typing import Any
 
 from allreduce._tf import tf
 from allreduce.api import batch_all_reduce
+from allreduce.compression import wire_for
 from allreduce.devices import group_by_worker
 from allreduce.packing import pack_small_tensors, validate_tower_grads
 from allreduce.registry import get_algorithm
 from allreduce.spec import format_all_reduce_spec, parse_all_reduce_spec
 from allreduce.validation import check_int
+from allreduce.wire import Wire
 
 __all__ = [
     "aggregate_gradients_using_copy_with_device_selection",
@@ -142,13 +144,15 @@ def sum_gradients_all_reduce(
     gpu_indices: Sequence[int],
     agg_small_grads_max_bytes: int = 0,
     use_mean: bool = False,
+    compression: str | Wire = "none",
 ) -> tuple[list[list[tuple[tf.Tensor, Any]]], dict | None]:
     """All-reduces every tower's gradients, packing small ones first when asked.
 
     ``alg`` is an algorithm name (``xring``, ``pscpu/pscpu``) or a whole spec;
     ``num_shards`` applies to algorithms that take a shard count. With
     ``num_workers > 1`` and all devices on one task, the towers are split into that
-    many equal workers for hierarchical algorithms.
+    many equal workers for hierarchical algorithms. ``compression`` (``"none"``,
+    ``"bf16"``, ``"fp16"`` or a wire) is as in :func:`allreduce.batch_all_reduce`.
 
     Returns:
         ``(new_tower_grads, packing)``: pass both to
@@ -156,8 +160,10 @@ def sum_gradients_all_reduce(
         (``packing`` is ``None`` when nothing was packed).
 
     Raises:
-        ValueError: as :func:`allreduce.all_reduce`, and for a bad ``num_workers``.
+        TypeError, ValueError: as :func:`allreduce.all_reduce` (an unknown compression is
+            a ``ValueError``), and for a bad ``num_workers``.
     """
+    wire_for(compression)  # raises before any packing
     validate_tower_grads(tower_grads)
     check_int("num_workers", num_workers, minimum=1)
     if list(gpu_indices) and len(set(gpu_indices)) != len(list(gpu_indices)):
@@ -174,6 +180,7 @@ def sum_gradients_all_reduce(
         spec,
         reduction="mean" if use_mean else "sum",
         worker_groups=groups,
+        compression=compression,
     )
     new_tower_grads = [
         [(g, var) for g, (_, var) in zip(summed, tower)] for summed, tower in zip(reduced, tower_grads)

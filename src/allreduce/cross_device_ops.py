@@ -32,6 +32,7 @@ from allreduce._tf import SUPPORTED_DTYPES, tf
 from allreduce.compression import wire_for
 from allreduce.registry import get_algorithm
 from allreduce.validation import check_bool, check_int, check_seconds, check_spec
+from allreduce.wire import Wire
 
 __all__ = ["SpecCrossDeviceOps"]
 
@@ -96,7 +97,7 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
         densify_max_elements: int = 0,
         check_finite: bool = False,
         timeout_s: float = 0.0,
-        compression: str = "none",
+        compression: str | Wire = "none",
     ) -> None:
         """
         Args:
@@ -111,7 +112,8 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
                 with a message naming the value (its index in the batch, its graph
                 tensor name, shape and dtype).
             timeout_s: for the ``collective`` algorithm, the most seconds to wait.
-            compression: ``"none"``, ``"bf16"`` or ``"fp16"``, as in
+            compression: ``"none"``, ``"bf16"`` or ``"fp16"``, or a wire such as
+                ``allreduce.compression.CastWire("bf16", everywhere=True)``, as in
                 :func:`allreduce.batch_all_reduce`.
 
         Raises:
