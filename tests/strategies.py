@@ -7,6 +7,7 @@ import tensorflow as tf
 from hypothesis import strategies as st
 
 from allreduce.registry import algorithm_names, get_algorithm
+from allreduce.wire_formats import COMPRESSIONS
 
 FLAT_NAMES = algorithm_names()
 COMPOSABLE = [n for n in FLAT_NAMES if get_algorithm(n).composable]
@@ -18,15 +19,16 @@ algorithm_name = st.sampled_from(ALL_NAMES)
 
 @st.composite
 def alg_spec_text(draw: st.DrawFn) -> str:
-    """One ``alg`` or ``alg#k`` part, valid for its algorithm."""
+    """One ``alg``, ``alg#k``, ``alg@wire`` or ``alg#k@wire`` part, valid for its algorithm."""
     name = draw(algorithm_name)
+    wire = draw(st.one_of(st.just(""), st.sampled_from(COMPRESSIONS).map("@{}".format)))
     if get_algorithm(name).takes_shards:
         shards = draw(st.one_of(st.none(), st.integers(1, 16)))
         if shards is not None:
-            return f"{name}#{shards}"
+            return f"{name}#{shards}{wire}"
     elif draw(st.booleans()):
-        return f"{name}#1"
-    return name
+        return f"{name}#1{wire}"
+    return name + wire
 
 
 @st.composite
@@ -48,10 +50,28 @@ def valid_spec_text(draw: st.DrawFn) -> str:
 #: Text that looks like specs often enough to reach every error branch.
 spec_like_text = st.one_of(
     st.text(),
-    st.text(alphabet=":#/0123456789kKMGT-+ x" + "".join(sorted(set("".join(ALL_NAMES))))),
-    st.lists(st.sampled_from([*ALL_NAMES, "", "#", ":", "0", "1", "2k", "-1", "x", "#0", "#2", "/"])).map(
-        "".join
-    ),
+    st.text(alphabet=":#@/0123456789kKMGT-+ x" + "".join(sorted(set("".join([*ALL_NAMES, *COMPRESSIONS]))))),
+    st.lists(
+        st.sampled_from(
+            [
+                *ALL_NAMES,
+                "",
+                "#",
+                ":",
+                "0",
+                "1",
+                "2k",
+                "-1",
+                "x",
+                "#0",
+                "#2",
+                "/",
+                "@",
+                *COMPRESSIONS,
+                "@bf16",
+            ]
+        )
+    ).map("".join),
     valid_spec_text().map(lambda s: s[: len(s) // 2]),
 )
 

@@ -32,7 +32,7 @@ _EXPORTS = {
     "SpecCrossDeviceOps": "allreduce.cross_device_ops",
     "build_all_reduce_device_prefixes": "allreduce.devices",
     "group_device_names": "allreduce.devices",
-    "error_bound": "allreduce.error_bound",
+    "error_bound": "allreduce.accuracy",
     "logical_devices": "allreduce.local_devices",
     "GradPackTuple": "allreduce.packing",
     "pack_range": "allreduce.packing",

@@ -53,7 +53,7 @@ SHARDS_DIVIDE = "divides"
 
 class Roundings(NamedTuple):
     """The roundings on the longest path from one input to a result (see
-    :mod:`allreduce.error_bound`): ``wire``, to the wire type where a compressing wire
+    :mod:`allreduce.accuracy`): ``wire``, to the wire type where a compressing wire
     crosses a hop (counting every hop that goes through the wire); ``adds``, of
     additions in the values' own dtype."""
 

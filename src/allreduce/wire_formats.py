@@ -1,6 +1,6 @@
 """The floating formats values may take on the wire, and the dtypes they compress (pure Python).
 
-:mod:`allreduce.compression` casts with them, :mod:`allreduce.error_bound` bounds what
+:mod:`allreduce.compression` casts with them, :mod:`allreduce.accuracy` bounds what
 the casts cost in accuracy and :mod:`allreduce.spec` names them after ``@``; none of
 this needs TensorFlow.
 """

@@ -27,6 +27,15 @@ def test_parse_gives_increasing_limits_and_known_algorithms(spec: str) -> None:
     assert len(parsed) == spec.count(":") // 2 + 1
 
 
+@given(valid_spec_text())
+def test_each_range_keeps_its_own_compression(spec: str) -> None:
+    parsed = parse_all_reduce_spec(spec)
+    parts = spec.split(":")[::2]
+    assert [t.compression for t in parsed] == [p.partition("@")[2] or None for p in parts]
+    # The three-field form of a range without '@' is the same tuple.
+    assert all(t == AllReduceSpecTuple(*t[:3]) for t in parsed if t.compression is None)
+
+
 @given(spec_like_text)
 def test_any_text_parses_or_raises_value_error(text: str) -> None:
     try:
