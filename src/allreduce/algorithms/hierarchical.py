@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext, broadcast, reduce_to_one, run_all_reduce
+from allreduce.algorithms.base import BuildContext, reduce_to_one, run_all_reduce
 from allreduce.devices import group_by_worker
 from allreduce.registry import get_algorithm
 
@@ -32,6 +32,9 @@ def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildCo
         sums = run_all_reduce(sums, sum_devices, ctx.for_algorithm(upper, ctx.shards))
     results: list[tf.Tensor | None] = [None] * len(values)
     for group, total, where in zip(groups, sums, sum_devices):
-        for i, copy in zip(group, broadcast(total, where, [devices[i] for i in group], ctx)):
-            results[i] = copy
+        # Whether to encode is decided against every device, not the group's own: a
+        # worker of one device would otherwise keep a value the others get rounded.
+        packet = ctx.wire.publish(total, where, devices)
+        for i in group:
+            results[i] = ctx.wire.open(packet, devices[i])
     return results
