@@ -26,7 +26,9 @@ the whole bucket on every device). :attr:`ErrorBound.per_max` carries that term.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any, NamedTuple
 
 from allreduce.registry import AlgorithmInfo, Roundings, get_algorithm
@@ -65,15 +67,26 @@ class ErrorBound(NamedTuple):
         return self.relative * sum_abs + self.per_max * max_abs + self.absolute
 
 
+def _up(value: Fraction) -> float:
+    """The smallest float at least ``value``: a bound rounded up, never down."""
+    near = float(value)
+    return near if Fraction(near) >= value else math.nextafter(near, math.inf)
+
+
+def _gamma(h: int, u: float) -> Fraction:
+    if h * Fraction(u) >= 1:
+        raise ValueError(f"{h} roundings of unit roundoff {u} have no bound (h * u >= 1)")
+    return h * Fraction(u) / (1 - h * Fraction(u))
+
+
 def gamma(h: int, u: float) -> float:
-    """Higham's ``gamma_h = h u / (1 - h u)``: the relative error of ``h`` roundings.
+    """Higham's ``gamma_h = h u / (1 - h u)``: the relative error of ``h`` roundings
+    (rounded up to a float).
 
     Raises:
         ValueError: ``h u >= 1`` (no bound).
     """
-    if h * u >= 1:
-        raise ValueError(f"{h} roundings of unit roundoff {u} have no bound (h * u >= 1)")
-    return h * u / (1 - h * u)
+    return _up(_gamma(h, u))
 
 
 def _flat_path(info: AlgorithmInfo, n: int, shards: int, *, reducer: bool = False) -> Roundings:
@@ -147,33 +160,41 @@ def rounding_path(
     return Roundings(wire, adds)
 
 
+def _half_tiny(fmt: FloatFormat) -> Fraction:
+    """The most a rounding into ``fmt``'s subnormal range errs by."""
+    return Fraction(fmt.tiny) / 2
+
+
 def _range_bound(path: Roundings, n: int, wire: FloatFormat | None, fmt: FloatFormat) -> ErrorBound:
-    """The bound of a sum over ``n`` inputs along ``path``, ``wire`` ``None`` for no compression."""
+    """The bound of a sum over ``n`` inputs along ``path``, ``wire`` ``None`` for no
+    compression, in exact fractions (``(1 + a)(1 + b) - 1`` cancels in floats)."""
     h_w = path.wire if wire is not None else 0
-    relative = (1 + gamma(h_w, wire.unit_roundoff if wire else 0.0)) * (
-        1 + gamma(path.adds, fmt.unit_roundoff)
-    ) - 1
+    g_w = _gamma(h_w, wire.unit_roundoff) if wire is not None else Fraction(0)
+    g_a = _gamma(path.adds, fmt.unit_roundoff)
+    relative = g_w + g_a + g_w * g_a
+    zero = Fraction(0)
     if wire is None or h_w == 0:
-        return ErrorBound(relative, 0.0, 0.0, h_w, path.adds)
+        return ErrorBound(relative, zero, zero, h_w, path.adds)  # type: ignore[arg-type]
     if not needs_scaling(wire, fmt):
-        return ErrorBound(relative, 0.0, h_w * wire.half_tiny * (1 + relative), h_w, path.adds)
+        absolute = h_w * _half_tiny(wire) * (1 + relative)
+        return ErrorBound(relative, zero, absolute, h_w, path.adds)  # type: ignore[arg-type]
     # Lost below the wire's (and, for x * s, the dtype's) subnormals, in scaled units,
     # times 1/s <= 2**(c + 1 - wire.bias) max|x| + 2**(c - fmt.bias); the unscaling may
     # round into the dtype's subnormals once more.
     c = (n - 1).bit_length()
-    lost = (h_w * wire.half_tiny + n * fmt.half_tiny) * (1 + relative)
-    per_max = lost * 2.0 ** (c + 1 - wire.bias)
-    absolute = lost * 2.0 ** (c - fmt.bias) + fmt.half_tiny
-    return ErrorBound(relative, per_max, absolute, h_w, path.adds)
+    lost = (h_w * _half_tiny(wire) + n * _half_tiny(fmt)) * (1 + relative)
+    per_max = lost * Fraction(2) ** (c + 1 - wire.bias)
+    absolute = lost * Fraction(2) ** (c - fmt.bias) + _half_tiny(fmt)
+    return ErrorBound(relative, per_max, absolute, h_w, path.adds)  # type: ignore[arg-type]
 
 
 def _mean(bound: ErrorBound, n: int, fmt: FloatFormat) -> ErrorBound:
     """The bound after dividing by ``n`` (one more rounding, which may underflow)."""
-    u = fmt.unit_roundoff
+    u = Fraction(fmt.unit_roundoff)
     return ErrorBound(
-        ((1 + bound.relative) * (1 + u) - 1) / n,
+        (bound.relative + u + bound.relative * u) / n,
         bound.per_max * (1 + u) / n,
-        bound.absolute * (1 + u) / n + fmt.half_tiny,
+        bound.absolute * (1 + u) / n + _half_tiny(fmt),
         bound.wire,
         bound.adds + 1,
     )
@@ -231,8 +252,11 @@ def error_bound(
         wire = WIRE_FORMATS.get(item.compression or default)
         if wire is not None and wire.itemsize >= fmt.itemsize:
             wire = None  # values already as narrow cross as they are
-        bound = _range_bound(rounding_path(item.alg, n, item.shards, groups), n, wire, fmt)
+        exact = _range_bound(rounding_path(item.alg, n, item.shards, groups), n, wire, fmt)
         if reduction == "mean":
-            bound = _mean(bound, n, fmt)
+            exact = _mean(exact, n, fmt)
+        bound = ErrorBound(
+            _up(exact.relative), _up(exact.per_max), _up(exact.absolute), exact.wire, exact.adds
+        )
         worst = ErrorBound(*(max(a, b) for a, b in zip(worst, bound)))
     return worst

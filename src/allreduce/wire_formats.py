@@ -22,8 +22,8 @@ class FloatFormat(NamedTuple):
         itemsize: bytes per value.
         unit_roundoff: ``u``, half the distance from 1 to the next value: a rounding to
             nearest of a value in the normal range errs by at most ``u`` times it.
-        half_tiny: half the smallest positive (subnormal) value: the most a rounding of a
-            value in the subnormal range errs by.
+        tiny: the smallest positive (subnormal) value: a rounding of a value in the
+            subnormal range errs by at most half of it.
         bias: the exponent bias (the largest finite value is below ``2 ** (bias + 1)``,
             the smallest normal one is ``2 ** (1 - bias)``).
         mantissa: the stored mantissa bits.
@@ -32,17 +32,17 @@ class FloatFormat(NamedTuple):
     name: str
     itemsize: int
     unit_roundoff: float
-    half_tiny: float
+    tiny: float
     bias: int
     mantissa: int
 
 
 #: Every floating dtype the library reduces, by name.
 FLOAT_FORMATS = {
-    "bfloat16": FloatFormat("bfloat16", 2, 2.0**-8, 2.0**-134, 127, 7),
-    "float16": FloatFormat("float16", 2, 2.0**-11, 2.0**-25, 15, 10),
-    "float32": FloatFormat("float32", 4, 2.0**-24, 2.0**-150, 127, 23),
-    "float64": FloatFormat("float64", 8, 2.0**-53, 2.0**-1075, 1023, 52),
+    "bfloat16": FloatFormat("bfloat16", 2, 2.0**-8, 2.0**-133, 127, 7),
+    "float16": FloatFormat("float16", 2, 2.0**-11, 2.0**-24, 15, 10),
+    "float32": FloatFormat("float32", 4, 2.0**-24, 2.0**-149, 127, 23),
+    "float64": FloatFormat("float64", 8, 2.0**-53, 2.0**-1074, 1023, 52),
 }
 
 #: The names ``compression=`` accepts.

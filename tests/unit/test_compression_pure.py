@@ -9,6 +9,7 @@ their results in ``tests/properties/test_compression_properties.py``.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from fractions import Fraction
 
@@ -24,6 +25,12 @@ from allreduce.spec import format_all_reduce_spec, parse_all_reduce_spec
 from allreduce.wire_formats import FLOAT_FORMATS, WIRE_FORMATS, needs_scaling, scale_exponent
 
 U_BF16, U_FP16, U_F32 = 2.0**-8, 2.0**-11, 2.0**-24
+
+
+def is_rounded_up(value: float, exact: Fraction) -> bool:
+    """Whether ``value`` is the smallest float at least ``exact`` (a bound never rounds down)."""
+    return Fraction(value) >= exact > Fraction(math.nextafter(value, -math.inf))
+
 
 # -- the spec grammar -------------------------------------------------------------------------
 
@@ -175,9 +182,10 @@ def test_an_upper_level_that_cannot_run_on_a_worker_count_is_left_out_of_the_wor
 def test_the_bound_is_higham_for_wire_and_float_roundings() -> None:
     bound = error_bound("xring", 4, "bf16")
     assert (bound.wire, bound.adds) == (4, 3)
-    expected = (1 + gamma(4, U_BF16)) * (1 + gamma(3, U_F32)) - 1
-    assert bound.relative == expected
-    assert gamma(4, U_BF16) == 4 * U_BF16 / (1 - 4 * U_BF16)
+    g_w = 4 * Fraction(U_BF16) / (1 - 4 * Fraction(U_BF16))
+    g_a = 3 * Fraction(U_F32) / (1 - 3 * Fraction(U_F32))
+    assert is_rounded_up(bound.relative, (1 + g_w) * (1 + g_a) - 1)
+    assert is_rounded_up(gamma(4, U_BF16), g_w)
     assert bound.per_max == 0  # bfloat16 has float32's range: nothing is scaled
     assert 0 < bound.absolute < 1e-38
     assert bound.limit(10.0) == bound.relative * 10 + bound.absolute
@@ -186,17 +194,29 @@ def test_the_bound_is_higham_for_wire_and_float_roundings() -> None:
 def test_without_compression_only_the_additions_round() -> None:
     bound = error_bound("xring#2", 8)
     assert (bound.wire, bound.adds) == (0, 7)
-    assert bound.relative == pytest.approx(gamma(7, U_F32), rel=1e-12)
+    assert is_rounded_up(bound.relative, 7 * Fraction(U_F32) / (1 - 7 * Fraction(U_F32)))
     assert bound.per_max == bound.absolute == 0
+
+
+def test_bounds_of_float64_sums_do_not_cancel_to_less_than_the_exact_bound() -> None:
+    # (1 + 2u)(1 + u) - 1 evaluated in floats loses u: the bound is computed exactly.
+    u = Fraction(2.0**-53)
+    mean = error_bound("collective", 3, dtype="float64", reduction="mean")
+    g = 2 * u / (1 - 2 * u)
+    assert is_rounded_up(mean.relative, (g + u + g * u) / 3)
 
 
 def test_float16_bounds_carry_the_underflow_of_the_scaled_values() -> None:
     bound = error_bound("rechd", 8, "fp16")
-    assert bound.relative == pytest.approx(gamma(4, U_FP16), rel=1e-3)
+    g_w = 4 * Fraction(U_FP16) / (1 - 4 * Fraction(U_FP16))
+    g_a = 3 * Fraction(U_F32) / (1 - 3 * Fraction(U_F32))
+    relative = (1 + g_w) * (1 + g_a) - 1
+    assert is_rounded_up(bound.relative, relative)
     # 4 roundings below float16's subnormals (2**-25 each, and 8 float32 ones for x * s),
     # times 1/s <= 2**(3 + 1 - 15) max|x|.
-    lost = (4 * 2.0**-25 + 8 * 2.0**-150) * (1 + bound.relative)
-    assert bound.per_max == lost * 2.0**-11
+    lost = (4 * Fraction(2) ** -25 + 8 * Fraction(2) ** -150) * (1 + relative)
+    assert is_rounded_up(bound.per_max, lost * Fraction(2) ** -11)
+    assert is_rounded_up(bound.absolute, lost * Fraction(2) ** (3 - 127) + Fraction(2) ** -150)
 
 
 def test_values_wider_than_the_wire_are_scaled_where_its_range_is_narrower() -> None:
@@ -222,7 +242,9 @@ def test_a_mean_divides_the_bound_and_rounds_once_more() -> None:
     total = error_bound("pscpu", 4, "bf16")
     mean = error_bound("pscpu", 4, "bf16", reduction="mean")
     assert mean.adds == total.adds + 1 and mean.wire == total.wire
-    assert mean.relative == ((1 + total.relative) * (1 + U_F32) - 1) / 4
+    g_w = 2 * Fraction(U_BF16) / (1 - 2 * Fraction(U_BF16))
+    g_a = 3 * Fraction(U_F32) / (1 - 3 * Fraction(U_F32))
+    assert is_rounded_up(mean.relative, ((1 + g_w) * (1 + g_a) * (1 + Fraction(U_F32)) - 1) / 4)
 
 
 def test_the_bound_of_a_spec_is_its_worst_range_each_with_its_own_wire() -> None:
