@@ -49,8 +49,9 @@ def test_quick_run_prints_exact_rows_for_every_spec_and_peer(tmp_path, capsys):
     names = {row[3] for row in rows}
     assert set(specs) <= names
     assert {"numpy", "tf:ReductionToOneDevice", "tf:collective", "tf-v1:ring"} <= names
-    timed = [row for row in rows if row[4] != "skipped:"]
-    for size, count, dtype, _name, time_us, algbw, busbw, wrong, *_ in timed:
+    timed = [row for row in rows if row[5] != "skipped:"]
+    for size, count, dtype, _name, compression, time_us, algbw, busbw, max_err, bound, wrong, *_ in timed:
+        assert compression == "none" and max_err == bound == "0"
         assert dtype == "float32" and int(size) == 4 * int(count)
         assert float(time_us) > 0 and float(busbw) == pytest.approx(float(algbw) * 1.5, rel=1e-2)
         assert float(algbw) == pytest.approx(int(size) / float(time_us) / 1e3, rel=2e-2)
@@ -88,7 +89,7 @@ def test_a_spec_that_does_not_reduce_counts_wrong_elements_and_fails(tmp_path, c
     (result,) = json.loads(report.read_text())["results"]
     assert result["wrong"] == want_wrong > 0
     assert result["replica_mismatch"] > 0
-    assert int(row[7]) == want_wrong + result["replica_mismatch"]
+    assert int(row[10]) == want_wrong + result["replica_mismatch"]
     assert "FAILED" in out and "All results exact" not in out
 
 
@@ -127,8 +128,8 @@ def test_benign_peer_skips_leave_the_status_zero_but_a_named_peer_must_run(capsy
     argv = ["--devices", "3", "--specs", "xring", *TINY_RUN, "--max-bytes", "1024"]
     assert main(argv) == 0, capsys.readouterr().out
     rows = {row[3]: row for row in _rows(capsys.readouterr().out)}
-    assert rows["tf-v1:rechd"][4] == "skipped:" and rows["tf:HierarchicalCopy"][4] == "skipped:"
-    assert rows["tf:ReductionToOneDevice"][7] == "0"
+    assert rows["tf-v1:rechd"][5] == "skipped:" and rows["tf:HierarchicalCopy"][5] == "skipped:"
+    assert rows["tf:ReductionToOneDevice"][10] == "0"
 
     assert main([*argv, "--peers", "tf-v1:rechd,numpy"]) == 1
     out = capsys.readouterr().out
@@ -141,8 +142,8 @@ def test_one_device_runs_every_default_contender(capsys):
     assert status == 0, out
     rows = {row[3]: row for row in _rows(out)}
     for name in ("tf:ReductionToOneDevice", "tf:collective", *default_specs(CPUS[:1])):
-        assert rows[name][7] == "0", rows[name]
-    assert rows["tf:HierarchicalCopy"][4] == "skipped:"  # two halves of one device
+        assert rows[name][10] == "0", rows[name]
+    assert rows["tf:HierarchicalCopy"][5] == "skipped:"  # two halves of one device
 
 
 def test_many_small_workload_reduces_a_batch_with_packing(tmp_path, capsys):
@@ -162,8 +163,8 @@ def test_many_small_workload_reduces_a_batch_with_packing(tmp_path, capsys):
     assert peers["tf-v1:ring"]["skipped"]
     # 480 bytes per device: bandwidths far below 0.001 GB/s still show their digits.
     for row in _rows(out):
-        if row[4] not in ("skipped:", "NOT", "ERROR:"):
-            assert float(row[5]) > 0 and float(row[6]) > 0, row
+        if row[5] not in ("skipped:", "NOT", "ERROR:"):
+            assert float(row[6]) > 0 and float(row[7]) > 0, row
     assert picture.read_text().lstrip().startswith("<?xml") and "<svg" in picture.read_text()
 
 
@@ -232,7 +233,7 @@ def test_every_default_spec_runs_on_an_odd_device_count(count, capsys):
     status = main(["--devices", str(count), "--no-peers", *TINY_RUN, "--max-bytes", "1024"])
     out = capsys.readouterr().out
     assert status == 0, out
-    ran = {row[3] for row in _rows(out) if row[7] == "0"}
+    ran = {row[3] for row in _rows(out) if row[10] == "0"}
     assert ran == set(default_specs(CPUS[:count]))
 
 

@@ -87,6 +87,16 @@ def _specs(text: str) -> tuple[str, ...]:
     return specs
 
 
+def _compressions(text: str) -> tuple[str, ...]:
+    from allreduce.bench.contenders import COMPRESSIONS
+
+    names = _names(text)
+    unknown = [n for n in names if n not in COMPRESSIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; known: {', '.join(COMPRESSIONS)}")
+    return names
+
+
 def _peers(text: str) -> tuple[str, ...]:
     from allreduce.bench.peers import peer_names
 
@@ -144,6 +154,12 @@ def _add_what(p: argparse.ArgumentParser, d: Options) -> None:
         "--small-elements", type=_integer(1), help=f"elements per many-small tensor ({d.small_elements})"
     )
     p.add_argument("--workers", type=_integer(1), help="run across a local cluster of W processes")
+    p.add_argument(
+        "--compression",
+        type=_compressions,
+        help="comma-separated wire compressions, each spec run with each: none (default), bf16, fp16, "
+        "or bf16-all / fp16-all to compress hops between CPUs of one process too",
+    )
     p.add_argument(
         "--op-timeout", type=_seconds, help=f"seconds a cluster op may take with --workers ({d.op_timeout:g})"
     )

@@ -23,6 +23,7 @@ from allreduce.registry import get_algorithm
 from allreduce.spec import parse_all_reduce_spec
 
 __all__ = [
+    "COMPRESSIONS",
     "FLOOR",
     "LIBRARY_PACK_MAX_GROUP",
     "OURS",
@@ -40,6 +41,10 @@ FLOOR = "floor"
 
 #: ``batch_all_reduce``'s own default ``pack_max_group`` (it matters only with packing on).
 LIBRARY_PACK_MAX_GROUP = DEFAULT_PACK_MAX_GROUP
+
+#: ``--compression`` names: the library's, and ``-all`` for every hop compressed
+#: (``CastWire(name, everywhere=True)``, which CPUs of one process otherwise skip).
+COMPRESSIONS = ("none", "bf16", "fp16", "bf16-all", "fp16-all")
 
 Step = Callable[[], Sequence[Sequence[Any]]]
 
@@ -92,6 +97,7 @@ class Contender:
         graph: whether the step builds TensorFlow ops (the driver traces it once).
         required: whether the run fails when this contender is skipped (it was asked
             for by name, or is a default spec, which the defaults promise can run).
+        compression: a name of :data:`COMPRESSIONS` (``"none"`` for peers).
     """
 
     name: str = ""
@@ -100,6 +106,7 @@ class Contender:
     same_as: str | None = None
     graph: bool = True
     required: bool = False
+    compression: str = "none"
 
     def skip_reason(self, case: Case, setup: Setup) -> str | None:
         """Why this contender does not run on ``case`` here, or ``None``."""
@@ -109,17 +116,43 @@ class Contender:
         """A callable that all-reduces ``inputs`` once and returns ``outputs[d][t]``."""
         raise NotImplementedError
 
+    def tolerance(self, case: Case, setup: Setup, expected: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+        """How far each output element may be from ``expected`` (``None``: not at all)."""
+        return None
+
 
 class SpecContender(Contender):
-    """One spec of the library: ``all_reduce`` for one tensor, ``batch_all_reduce`` for many."""
+    """One spec of the library: ``all_reduce`` for one tensor, ``batch_all_reduce`` for many,
+    with ``compression`` (a name of :data:`COMPRESSIONS`)."""
 
     kind = OURS
 
-    def __init__(self, spec: str, *, required: bool = True) -> None:
+    def __init__(self, spec: str, *, required: bool = True, compression: str = "none") -> None:
         self.spec = spec
-        self.name = spec
+        self.compression = compression
+        self.name = spec if compression == "none" else f"{spec} ({compression})"
         self.required = required
         self._algorithms = [get_algorithm(t.alg) for t in parse_all_reduce_spec(spec)]
+
+    def _wire(self) -> Any:
+        from allreduce.compression import CastWire
+
+        name, _, everywhere = self.compression.partition("-")
+        return CastWire(name, everywhere=True) if everywhere else name
+
+    def tolerance(self, case: Case, setup: Setup, expected: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+        """:func:`allreduce.error_bound` of each element: the inputs are non-negative, so
+        ``sum|x_i|`` is the expected sum, and no input exceeds the largest sum."""
+        if self.compression == "none":
+            return None
+        from allreduce.accuracy import error_bound
+        from allreduce.devices import group_by_worker
+
+        groups = group_by_worker(setup.devices) if setup.workers > 1 else None
+        name = self.compression.partition("-")[0]
+        bound = error_bound(self.spec, setup.num_devices, name, dtype=case.dtype, worker_groups=groups)
+        largest = max((float(np.max(want)) for want in expected if want.size), default=0.0)
+        return [bound.limit(want.astype(np.float64), largest) for want in expected]
 
     @property
     def reduces(self) -> bool:
@@ -135,12 +168,12 @@ class SpecContender(Contender):
     def prepare(self, inputs: Inputs, setup: Setup) -> Step:
         from allreduce.api import all_reduce, batch_all_reduce
 
-        spec, devices, towers = self.spec, list(inputs.devices), inputs.tensors
+        spec, devices, towers, wire = self.spec, list(inputs.devices), inputs.tensors, self._wire()
         if not inputs.case.is_batch:
             values = [tower[0] for tower in towers]
 
             def step() -> list[list[Any]]:
-                return [[out] for out in all_reduce(values, spec, devices=devices)]
+                return [[out] for out in all_reduce(values, spec, devices=devices, compression=wire)]
 
         else:
 
@@ -151,6 +184,7 @@ class SpecContender(Contender):
                     pack_max_bytes=setup.pack_max_bytes,
                     pack_max_group=setup.pack_max_group,
                     devices=devices,
+                    compression=wire,
                 )
 
         return step

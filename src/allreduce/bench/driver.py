@@ -27,7 +27,16 @@ import numpy as np
 from allreduce.bench.cases import Case, expected_sum, input_pattern
 from allreduce.bench.contenders import Contender, Inputs, Setup
 
-__all__ = ["Result", "compile_step", "count_wrong", "describe_error", "drain", "make_inputs", "run_case"]
+__all__ = [
+    "Result",
+    "compile_step",
+    "count_wrong",
+    "describe_error",
+    "drain",
+    "largest_error",
+    "make_inputs",
+    "run_case",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +55,8 @@ class Result:
     """One row: a contender on a case.
 
     ``required`` marks a contender that was asked for (or a default spec, which the
-    defaults promise runs): when it is skipped, the run has failed.
+    defaults promise runs): when it is skipped, the run has failed. A compressed result
+    is wrong only beyond its ``bound`` (the largest over the elements; 0: exact).
     """
 
     case: Case
@@ -59,6 +69,9 @@ class Result:
     samples_s: list[float] = field(default_factory=list)
     wrong: int = 0
     replica_mismatch: int = 0
+    compression: str = "none"
+    max_error: float = 0.0
+    bound: float = 0.0
     skipped: str | None = None
     error: str | None = None
 
@@ -128,13 +141,19 @@ def drain(outputs: Outputs) -> None:
             np.asarray(value)
 
 
-def count_wrong(outputs: Outputs, expected: Sequence[np.ndarray], case: Case) -> tuple[int, int]:
+def count_wrong(
+    outputs: Outputs,
+    expected: Sequence[np.ndarray],
+    case: Case,
+    limits: Sequence[np.ndarray] | None = None,
+) -> tuple[int, int]:
     """Compares every output on every device with the exact sums.
 
     Returns:
         ``(wrong, replica_mismatch)``: elements, over all devices and tensors, that differ
-        from the expected value (a missing or misshapen tensor counts in full), and
-        elements whose bits differ from the first device's result.
+        from the expected value (by more than ``limits[t]`` where given; a missing or
+        misshapen tensor counts in full), and elements whose bits differ from the first
+        device's result.
     """
     wrong = mismatch = 0
     first: list[np.ndarray | None] = [None] * len(expected)
@@ -148,7 +167,11 @@ def count_wrong(outputs: Outputs, expected: Sequence[np.ndarray], case: Case) ->
                 wrong += want.size
                 continue
             flat = got.reshape(-1)
-            wrong += int(np.count_nonzero(flat != want))
+            if limits is None:
+                wrong += int(np.count_nonzero(flat != want))
+            else:
+                error = np.abs(flat.astype(np.float64) - want.reshape(-1).astype(np.float64))
+                wrong += int(np.count_nonzero(~(error <= limits[t].reshape(-1))))
             bits = flat.view(_UINT[flat.dtype.itemsize])
             if first[t] is None:
                 first[t] = bits
@@ -157,6 +180,20 @@ def count_wrong(outputs: Outputs, expected: Sequence[np.ndarray], case: Case) ->
     if len(outputs) == 0:
         wrong += sum(e.size for e in expected)
     return wrong, mismatch
+
+
+def largest_error(outputs: Outputs, expected: Sequence[np.ndarray]) -> float:
+    """The largest ``|output - expected|`` over every element of every device (NaN if
+    one is NaN; outputs of the wrong shape are left to :func:`count_wrong`)."""
+    largest = 0.0
+    for tower in outputs:
+        for got, want in zip(tower, expected):
+            got = np.asarray(got)
+            if got.size != want.size or not want.size:
+                continue
+            error = np.abs(got.reshape(-1).astype(np.float64) - want.reshape(-1).astype(np.float64))
+            largest = max(largest, float(np.max(error)), key=lambda e: (np.isnan(e), e))
+    return largest
 
 
 def compile_step(contender: Contender, inputs: Inputs, setup: Setup) -> tuple[Step, Step]:
@@ -199,11 +236,14 @@ def _timed(step: Step) -> tuple[Outputs, float]:
 class _Running:
     """A contender that runs on the current case: its steps and its result."""
 
-    def __init__(self, result: Result, full: Step, step: Step, guard: Guard) -> None:
+    def __init__(
+        self, result: Result, full: Step, step: Step, guard: Guard, limits: Sequence[np.ndarray] | None
+    ) -> None:
         self.result = result
         self._full = full
         self._step = step
         self._guard = guard
+        self._limits = limits
 
     @property
     def active(self) -> bool:
@@ -211,10 +251,13 @@ class _Running:
         return self.result.error is None
 
     def check(self, outputs: Outputs, expected: Sequence[np.ndarray]) -> None:
-        """Counts wrong elements of ``outputs``; keeps the larger count of all checks."""
-        wrong, mismatch = count_wrong(outputs, expected, self.result.case)
+        """Counts wrong elements of ``outputs``; keeps the larger count (and error) of all checks."""
+        wrong, mismatch = count_wrong(outputs, expected, self.result.case, self._limits)
         self.result.wrong = max(self.result.wrong, wrong)
         self.result.replica_mismatch = max(self.result.replica_mismatch, mismatch)
+        if wrong or self._limits is not None:
+            error = largest_error(outputs, expected)
+            self.result.max_error = max(self.result.max_error, error, key=lambda e: (np.isnan(e), e))
 
     def first(self, expected: Sequence[np.ndarray]) -> None:
         """Runs the full step once (it traces the function) and checks it."""
@@ -255,6 +298,7 @@ def _result(contender: Contender, case: Case, setup: Setup) -> Result:
         spec=contender.spec,
         same_as=contender.same_as,
         required=contender.required,
+        compression=contender.compression,
     )
 
 
@@ -269,8 +313,11 @@ def _start(
         return result, None
     logger.info("%s: %s starts", inputs.case.name, contender.name)
     try:
+        limits = contender.tolerance(inputs.case, setup, expected)
+        if limits is not None:
+            result.bound = max((float(np.max(limit)) for limit in limits if limit.size), default=0.0)
         full, step = compile_step(contender, inputs, setup)
-        run = _Running(result, full, step, guard)
+        run = _Running(result, full, step, guard, limits)
         run.first(expected)
     except _CANNOT_BUILD as err:
         result.skipped = describe_error(err)

@@ -106,6 +106,7 @@ class Options:
     pack_max_bytes: int = NO_PACKING.max_bytes
     pack_max_group: int = NO_PACKING.max_group
     workers: int | None = None
+    compression: tuple[str, ...] = ("none",)
     op_timeout: float = 120.0
     allocator: str = "bfc"
     json: str | None = None

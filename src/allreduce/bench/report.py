@@ -30,8 +30,8 @@ __all__ = [
 ]
 
 _HEADER = (
-    f"{'size(B)':>12} {'count':>11} {'type':>8}  {'name':<24} {'time(us)':>11} "
-    f"{'algbw(GB/s)':>11} {'busbw(GB/s)':>11} {'#wrong':>7} {'vs-peer':>8}"
+    f"{'size(B)':>12} {'count':>11} {'type':>8}  {'name':<24} {'compression':<11} {'time(us)':>11} "
+    f"{'algbw(GB/s)':>11} {'busbw(GB/s)':>11} {'max-err':>9} {'bound':>9} {'#wrong':>7} {'vs-peer':>8}"
 )
 # The longest skip or error reason a row shows; the summary has the whole text.
 _ROW_REASON_CHARS = 100
@@ -84,7 +84,9 @@ def format_header(title: str = "") -> str:
 
 def _row(r: Result, group: Sequence[Result]) -> str:
     case = r.case
-    head = f"  {case.nbytes:>12} {case.count:>11} {case.dtype:>8}  {r.name:<24}"
+    # A spec's row names the spec; its compression has a column of its own.
+    name = r.spec if r.kind == OURS and r.spec else r.name
+    head = f"  {case.nbytes:>12} {case.count:>11} {case.dtype:>8}  {name:<24} {r.compression:<11}"
     if r.skipped is not None:
         mark = "NOT RUN:" if r.failed else "skipped:"
         return f"{head} {mark:>11} {_compact(r.skipped)}"
@@ -94,7 +96,8 @@ def _row(r: Result, group: Sequence[Result]) -> str:
     ratio_text = "-" if math.isnan(ratio) else f"{ratio:.2f}x"
     row = (
         f"{head} {format_number(r.time_s * 1e6, 1):>11} {format_number(r.algbw):>11} "
-        f"{format_number(r.busbw):>11} {r.wrong + r.replica_mismatch:>7} {ratio_text:>8}"
+        f"{format_number(r.busbw):>11} {r.max_error:>9.3g} {r.bound:>9.3g} "
+        f"{r.wrong + r.replica_mismatch:>7} {ratio_text:>8}"
     )
     if r.error is not None:
         row += f"  ERROR: {_compact(r.error)}"
@@ -133,7 +136,9 @@ def _fastest_lines(results: Sequence[Result]) -> list[str]:
 def _pair_lines(results: Sequence[Result]) -> list[str]:
     pairs = []
     for group in _by_case(results):
-        by_spec = {r.spec: r for r in group if r.kind == OURS and r.timed and r.ok}
+        by_spec = {
+            r.spec: r for r in group if r.kind == OURS and r.timed and r.ok and r.compression == "none"
+        }
         for r in group:
             mine = by_spec.get(r.same_as) if r.same_as else None
             if r.timed and r.ok and mine is not None:
@@ -149,6 +154,11 @@ def _failure_reason(r: Result) -> str:
         return f"error: {r.error}"
     if r.skipped is not None:
         return f"asked for, did not run: {r.skipped}"
+    if r.compression != "none":
+        return (
+            f"{r.wrong} element(s) beyond the error bound (largest error {r.max_error:g}, bound up to "
+            f"{r.bound:g}), {r.replica_mismatch} differing between replicas"
+        )
     return f"{r.wrong} wrong element(s), {r.replica_mismatch} differing between replicas"
 
 
@@ -181,6 +191,11 @@ def format_summary(results: Sequence[Result], *, interrupted: bool = False) -> s
         lines.extend(failures)
     elif not any(r.timed for r in results):
         lines.append("# Nothing was measured.")
+    elif any(r.compression != "none" for r in results):
+        lines.append(
+            "# All results exact, compressed ones within their error bound, and identical on every "
+            "device (#wrong 0)."
+        )
     else:
         lines.append("# All results exact and identical on every device (#wrong 0).")
     return "\n".join(lines)
@@ -207,8 +222,11 @@ def _json_row(r: Result, group: Sequence[Result]) -> dict[str, Any]:
         "time_us": _number(r.time_s * 1e6),
         "algbw_gbps": _number(r.algbw),
         "busbw_gbps": _number(r.busbw),
+        "compression": r.compression,
         "wrong": r.wrong,
         "replica_mismatch": r.replica_mismatch,
+        "max_error": _number(r.max_error),
+        "bound": r.bound,
         "vs_best_peer": _number(peer_ratio(r, group)) if r.kind == OURS else None,
         "skipped": r.skipped,
         "error": r.error,

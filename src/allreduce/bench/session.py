@@ -66,13 +66,16 @@ def _enter_devices(options: Options, stack: ExitStack) -> tuple[list[str], int, 
 
 
 def make_contenders(options: Options, setup: Setup, *, logical_split: bool = False) -> list[Contender]:
-    """The specs (given, or every default one), then the peers kept by the options.
+    """The specs (given, or every default one), each with every ``--compression``, then
+    the peers kept by the options.
 
     Specs are required to run; so are peers chosen by name. ``logical_split``: the
     devices were split from fewer physical ones (see :func:`default_specs`).
     """
     specs = options.specs or default_specs(setup.devices, logical_split=logical_split)
-    contenders: list[Contender] = [SpecContender(spec) for spec in specs]
+    contenders: list[Contender] = [
+        SpecContender(spec, compression=compression) for spec in specs for compression in options.compression
+    ]
     if options.peers == ():
         return contenders
     from allreduce.bench.peers import default_peers
