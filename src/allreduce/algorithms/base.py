@@ -273,7 +273,8 @@ def sum_on(
     hop = _other_cpu_of_worker(target, value_devices) if large else None
     if hop is not None:
         for i, (value, where) in enumerate(zip(values, value_devices)):
-            if parse_device_name(where) == target:
+            # A value the wire transformed was decoded on the summing device too.
+            if parse_device_name(where) == target or ctx.wire.crosses(where, device):
                 with tf.device(hop):
                     values[i] = tf.ensure_shape(value, value.shape)
     with tf.device(device):
