@@ -97,6 +97,9 @@ class AlgorithmInfo:
             result is a wire value.
         reducer_roundings: the same for its ``reducer`` (whose result ends with an
             addition, not on the wire).
+        cost: its cost formula: a function of :mod:`allreduce.cost` (or
+            ``"module:function"``) that returns the schedule its builder emits (see
+            there); ``None``: tuning measures it and never predicts it.
     """
 
     name: str
@@ -116,6 +119,7 @@ class AlgorithmInfo:
     failure_note: str | None = None
     roundings: RoundingsRule | None = None
     reducer_roundings: RoundingsRule | None = None
+    cost: str | None = None
 
     @property
     def is_hierarchical(self) -> bool:
@@ -236,6 +240,7 @@ def _hierarchical(name: str) -> AlgorithmInfo | None:
         physical_devices=lower.physical_devices or upper.physical_devices,
         emulable=lower.emulable and upper.emulable,
         failure_note=lower.failure_note or upper.failure_note,
+        cost="hierarchical" if lower.cost and upper.cost else None,
     )
 
 
@@ -322,6 +327,7 @@ register(
         _BOTH,
         shards="independent subchunk rings",
         roundings=_ring_roundings,
+        cost="ring",
     )
 )
 register(
@@ -331,6 +337,7 @@ register(
         "halving_doubling:all_reduce",
         _BOTH,
         roundings=_halving_doubling_roundings,
+        cost="halving_doubling",
     )
 )
 register(
@@ -345,6 +352,7 @@ register(
         gather_type=CPU,
         roundings=_gather_roundings,
         reducer_roundings=_gather_reducer_roundings,
+        cost="shuffle",
     )
 )
 register(
@@ -359,6 +367,7 @@ register(
         gather_type=GPU,
         roundings=_gather_roundings,
         reducer_roundings=_gather_reducer_roundings,
+        cost="shuffle",
     )
 )
 register(
@@ -371,6 +380,7 @@ register(
         physical_devices=True,
         emulable=False,
         roundings=_native_roundings,
+        cost="native_ring",
     )
 )
 register(
@@ -387,6 +397,7 @@ register(
             "again, while every other algorithm keeps working here (see docs/concurrency.md)"
         ),
         roundings=_native_roundings,
+        cost="native_ring",
     )
 )
 register(
@@ -398,6 +409,7 @@ register(
         reducer="simple:simple_reduce",
         roundings=_gather_roundings,
         reducer_roundings=_sum_reducer_roundings,
+        cost="simple",
     )
 )
 register(
@@ -409,6 +421,7 @@ register(
         reducer="simple:better_reduce",
         roundings=_gather_roundings,
         reducer_roundings=_sum_reducer_roundings,
+        cost="better",
     )
 )
 register(
@@ -419,6 +432,7 @@ register(
         _BOTH,
         composable=False,
         reduces=False,
+        cost="trivial",
     )
 )
 
@@ -431,6 +445,7 @@ register(
         shards="rows of the torus (dividing the device count; default: the largest divisor up to sqrt(n))",
         shard_rule=SHARDS_DIVIDE,
         roundings=_torus_roundings,
+        cost="torus",
     )
 )
 
