@@ -15,6 +15,7 @@ from allreduce._tf import tf
 from allreduce.algorithms.base import BuildContext, reduce_to_one, run_all_reduce
 from allreduce.devices import group_by_worker
 from allreduce.registry import get_algorithm
+from allreduce.wire import Packet
 
 
 def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
@@ -30,11 +31,17 @@ def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildCo
         sum_devices.append(device)
     if len(groups) > 1:
         sums = run_all_reduce(sums, sum_devices, ctx.for_algorithm(upper, ctx.shards))
+    # Every worker encodes its broadcast or none does: a worker whose copies cost nothing
+    # (one device, or CPUs of one process) would otherwise keep a value others get rounded.
+    encode = any(
+        ctx.wire.crosses(where, devices[i]) for group, where in zip(groups, sum_devices) for i in group
+    )
     results: list[tf.Tensor | None] = [None] * len(values)
     for group, total, where in zip(groups, sums, sum_devices):
-        # Whether to encode is decided against every device, not the group's own: a
-        # worker of one device would otherwise keep a value the others get rounded.
-        packet = ctx.wire.publish(total, where, devices)
+        packet = Packet(total, total.dtype, False, where)
+        if encode:
+            with tf.device(where):
+                packet = Packet(ctx.wire.encode(total), total.dtype, True, where)
         for i in group:
             results[i] = ctx.wire.open(packet, devices[i])
     return results
