@@ -1,0 +1,159 @@
+"""The documents under docs/: snippets run as shown, commands and links exist, and no
+text lives in two places (see CONTRIBUTING.md, "The documentation's tests")."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_readme import (
+    README,
+    ROOT,
+    SNIPPET_TIMEOUT_S,
+    Block,
+    blocks,
+    check_runs_as_shown,
+    command_problems,
+    python_blocks,
+    shell_lines,
+)
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+CONTRIBUTING = ROOT / "CONTRIBUTING.md"
+EVERY_DOCUMENT = [README, CONTRIBUTING, *DOCS]
+
+#: Python blocks that cannot run here, found by a line they hold, with the reason.
+NOT_RUNNABLE = {
+    ("multiworker.md", "server.join()"): "serves a task of a cluster of other hosts until killed",
+    ("multiworker.md", '"host0:2222"'): "connects to servers on other hosts",
+}
+#: Python blocks that start worker processes.
+MULTIWORKER = {("multiworker.md", "local_cluster(")}
+
+#: The shortest text that may not appear in two documents.
+MIN_SHARED_CHARS = 200
+
+
+def _why_not_run(block: Block) -> str | None:
+    for (name, line), reason in NOT_RUNNABLE.items():
+        if block.path.name == name and line in block.code:
+            return reason
+    return None
+
+
+def _runnable() -> list:
+    params = []
+    for path in DOCS:
+        for block in python_blocks(path):
+            if block.excerpt_of or _why_not_run(block):
+                continue
+            multi = any(block.path.name == n and line in block.code for n, line in MULTIWORKER)
+            params.append(
+                pytest.param(block, id=block.name, marks=[pytest.mark.multiworker] if multi else [])
+            )
+    return params
+
+
+@pytest.mark.timeout(SNIPPET_TIMEOUT_S + 30)
+@pytest.mark.parametrize("block", _runnable())
+def test_doc_python_blocks_run_as_shown(block: Block) -> None:
+    check_runs_as_shown(block)
+
+
+def test_only_the_listed_blocks_are_left_unrun() -> None:
+    unrun = [b for path in DOCS for b in python_blocks(path) if _why_not_run(b)]
+    assert len(unrun) == len(NOT_RUNNABLE), [b.name for b in unrun]
+
+
+def _excerpts() -> list[Block]:
+    return [b for path in EVERY_DOCUMENT for b in python_blocks(path) if b.excerpt_of]
+
+
+@pytest.mark.parametrize("block", _excerpts(), ids=lambda b: b.name)
+def test_excerpts_appear_verbatim_in_their_files(block: Block) -> None:
+    source = (ROOT / block.excerpt_of).read_text(encoding="utf-8").splitlines()
+    wanted = block.code.rstrip("\n").splitlines()
+    for start in range(len(source) - len(wanted) + 1):
+        window = textwrap.dedent("\n".join(source[start : start + len(wanted)])).splitlines()
+        if window == wanted:
+            return
+    pytest.fail(f"{block.name} is not a verbatim excerpt of {block.excerpt_of}")
+
+
+@pytest.mark.parametrize("path", [CONTRIBUTING, *DOCS], ids=lambda p: p.name)
+def test_doc_commands_exist(path: Path) -> None:
+    problems = [f"{line!r}: {p}" for line in shell_lines(path) for p in command_problems(line)]
+    assert not problems, problems
+
+
+def _slug(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return {_slug(h) for h in re.findall(r"^#+ (.*)$", text, flags=re.M)}
+
+
+def _links(path: Path) -> list[str]:
+    text = re.sub(r"^\s*```.*?^\s*```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return [
+        target
+        for target in re.findall(r"\]\(([^)\s]+)\)", text)
+        if not re.match(r"[a-z]+:", target) and not target.startswith("#")
+    ] + [target for target in re.findall(r"\]\((#[^)\s]+)\)", text)]
+
+
+@pytest.mark.parametrize("path", EVERY_DOCUMENT, ids=lambda p: p.name)
+def test_relative_links_resolve(path: Path) -> None:
+    for target in _links(path):
+        file, _, anchor = target.partition("#")
+        resolved = (path.parent / file).resolve() if file else path
+        assert resolved.exists(), f"{path.name} links to {target}, which does not exist"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in _anchors(resolved), f"{path.name} links to {target}: no such heading"
+
+
+def test_every_document_is_linked_from_the_readme_or_contributing() -> None:
+    linked = {
+        (path.parent / target.partition("#")[0]).resolve()
+        for path in (README, CONTRIBUTING)
+        for target in _links(path)
+    }
+    missing = [str(doc.relative_to(ROOT)) for doc in DOCS if doc.resolve() not in linked]
+    assert not missing, f"not linked from README.md or CONTRIBUTING.md: {missing}"
+
+
+def _units(path: Path) -> set[str]:
+    """Paragraphs, and lines such as table rows, of at least ``MIN_SHARED_CHARS``
+    characters, with whitespace normalised."""
+    out = set()
+    for paragraph in re.split(r"\n[ \t]*\n", path.read_text(encoding="utf-8")):
+        for unit in [paragraph, *paragraph.splitlines()]:
+            text = " ".join(unit.split())
+            if len(text) >= MIN_SHARED_CHARS:
+                out.add(text)
+    return out
+
+
+def test_no_paragraph_is_in_two_documents() -> None:
+    units = {path: _units(path) for path in EVERY_DOCUMENT}
+    shared = [
+        f"{a.name} and {b.name}: {text[:120]}..."
+        for a, b in itertools.combinations(EVERY_DOCUMENT, 2)
+        for text in sorted(units[a] & units[b])
+    ]
+    assert not shared, "text in two places; give it one home and link to it:\n" + "\n".join(shared)
+
+
+def test_the_shared_text_check_can_fail(tmp_path: Path) -> None:
+    paragraph = "A paragraph long enough to count. " * 8
+    first, second = tmp_path / "a.md", tmp_path / "b.md"
+    first.write_text(f"# A\n\n{paragraph}\n")
+    second.write_text(f"# B\n\nintro\n\n{paragraph.replace(' ', chr(10), 3)}\n")
+    assert _units(first) & _units(second)
+    assert all(b.lang != "python" for b in blocks(first))
