@@ -31,6 +31,7 @@ _EXPORTS = {
     "sum_gradients_all_reduce": "allreduce.compat",
     "SpecCrossDeviceOps": "allreduce.cross_device_ops",
     "build_all_reduce_device_prefixes": "allreduce.devices",
+    "explain": "allreduce.explanation",
     "group_device_names": "allreduce.devices",
     "error_bound": "allreduce.accuracy",
     "logical_devices": "allreduce.local_devices",
@@ -47,6 +48,7 @@ _EXPORTS = {
     "format_all_reduce_spec": "allreduce.spec",
     "parse_all_reduce_spec": "allreduce.spec",
     "parse_general_int": "allreduce.spec",
+    "tune": "allreduce.tuning",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -87,9 +87,15 @@ def _request(
     packing: tuple[int, int],
 ) -> Request:
     """Checks a call and plans it. Raises ``TypeError``/``ValueError`` (see the callers)."""
-    specs = check_spec(spec)
+    auto = isinstance(spec, str) and spec == "auto"
+    specs = None if auto else check_spec(spec)
     names = _tower_devices(towers, devices)
     first = towers[0]
+    if auto:
+        # The cached tuning or the cost model's choice for this batch; never measures.
+        from allreduce.tuning.auto import resolve
+
+        specs = check_spec(resolve(names, [t.shape.num_elements() for t in first], first[0].dtype.name))
     for t in first:
         check_reduction(options.reduction, t.dtype)
     groups = check_worker_groups(options.worker_groups, len(towers))
@@ -158,6 +164,8 @@ def all_reduce(
             shape and dtype.
         spec: a spec string (see :mod:`allreduce.spec`) or parsed spec tuples; with size
             ranges, the range that holds the tensor's element count is used.
+            ``"auto"``: the spec :func:`allreduce.tune` cached for these devices, or
+            the cost model's choice (see docs/tuning.md); it never measures.
         reduction: ``"sum"`` or ``"mean"`` (floating dtypes only).
         devices: the device of each tensor, for tensors that do not carry one
             (arguments of a ``tf.function``); defaults to each tensor's ``.device``.

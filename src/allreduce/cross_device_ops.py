@@ -101,7 +101,8 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
     ) -> None:
         """
         Args:
-            spec: the spec string (``"xring"``, ``"pscpu:64k:xring#2"``).
+            spec: the spec string (``"xring"``, ``"pscpu:64k:xring#2"``), or ``"auto"``
+                for the tuned spec of each batch's devices and sizes (docs/tuning.md).
             pack_max_bytes, pack_max_group: packing of small dense tensors, as in
                 :func:`allreduce.batch_all_reduce` (0 bytes: no packing).
             densify_max_elements: sparse values whose dense shape holds at most this
@@ -126,7 +127,8 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
             raise TypeError(
                 f"spec must be a spec string such as 'xring', got {type(spec).__name__}: {spec!r}"
             )
-        for item in check_spec(spec):  # raises ValueError now rather than at the first step
+        # "auto" is resolved per batch at its first step (allreduce.tuning.auto).
+        for item in [] if spec == "auto" else check_spec(spec):  # a bad spec raises now
             if not get_algorithm(item.alg).reduces:
                 raise ValueError(
                     f"spec {spec!r} names {item.alg!r}, which does not reduce: replicas would train "

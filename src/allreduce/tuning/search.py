@@ -1,0 +1,165 @@
+"""Which cells to measure: where the model says the winners may cross (pure Python).
+
+A cell is one candidate spec on one size band (a probe: the workload's tensors of that
+band, all-reduced in one step). The search starts from the prior model's predictions,
+measures the likeliest winners on the smallest and the largest band to calibrate, refits
+the model after every probe, and then measures, band by band, only the candidates that
+the model (within its own error) says could beat the current base spec by
+:data:`~allreduce.tuning.decide.GAIN`, or could become the base, always side by side
+with the base. A candidate without a cost formula is measured wherever the budget
+allows. It stops when no cell could change the decision, or at ``max_cells`` measured
+cells, or at the deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from allreduce.tuning.decide import GAIN, TIE, decide, estimate
+
+__layer__ = "pure"
+
+__all__ = ["MIN_ERROR", "Search", "next_probe"]
+
+logger = logging.getLogger(__name__)
+
+#: The smallest relative error the search grants the model when choosing what to measure.
+MIN_ERROR = 0.1
+#: The most alternatives measured next to the base in one probe.
+PER_PROBE = 3
+
+#: ``measure(band, specs) -> {spec: step seconds, or None when it cannot run}``.
+Measure = Callable[[int, Sequence[str]], Mapping[str, Sequence[float] | None]]
+#: ``predict(measured) -> {(spec, band): seconds or None}``, refitted on what was measured.
+Predict = Callable[[Mapping[tuple[str, int], Sequence[float]]], Mapping[tuple[str, int], float | None]]
+
+
+@dataclass
+class Search:
+    """The state of one tuning: what was measured, what is predicted, what it cost."""
+
+    candidates: list[str]
+    bands: list[int]
+    measured: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    predicted: Mapping[tuple[str, int], float | None] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    cells: int = 0
+    probes: int = 0
+
+    def usable(self) -> list[str]:
+        return [c for c in self.candidates if c not in self.failed]
+
+    def model_error(self) -> float:
+        """The median relative error of the predictions on measured cells (at least :data:`MIN_ERROR`)."""
+        errors = []
+        for (spec, band), samples in self.measured.items():
+            guess = self.predicted.get((spec, band))
+            if guess:
+                actual = statistics.median(samples)
+                errors.append(abs(guess - actual) / actual)
+        return max(MIN_ERROR, statistics.median(errors)) if errors else 0.5
+
+    def record(self, band: int, results: Mapping[str, Sequence[float] | None]) -> None:
+        for spec, samples in results.items():
+            self.cells += 1
+            if samples:
+                self.measured.setdefault((spec, band), []).extend(samples)
+            else:
+                self.failed.setdefault(spec, "did not run or gave a wrong result")
+        self.probes += 1
+
+
+def _calibration(search: Search) -> list[tuple[int, list[str]]]:
+    """The first probes: the prior's likeliest winners on the smallest and largest band,
+    and every candidate without a formula (only measuring can rank those)."""
+    ends = sorted({search.bands[0], search.bands[-1]})
+    probes = []
+    for band in ends:
+        ranked = sorted(
+            (c for c in search.usable() if search.predicted.get((c, band)) is not None),
+            key=lambda c: search.predicted[c, band],  # type: ignore[return-value,index]
+        )
+        unknown = [c for c in search.usable() if search.predicted.get((c, band)) is None]
+        probes.append((band, unknown + ranked[: max(2, PER_PROBE + 1 - len(unknown))]))
+    return probes
+
+
+def _scores(search: Search, base: str, error: float) -> dict[tuple[str, int], float]:
+    """How much measuring each unmeasured cell could change the decision, weighted by
+    the band's share of the step."""
+    usable = search.usable()
+    base_parts = {b: estimate(base, b, search.measured, search.predicted) or 0.0 for b in search.bands}
+    step = sum(base_parts.values()) or 1.0
+    found = {}
+    for band in search.bands:
+        mine = base_parts[band]
+        for spec in usable:
+            if spec == base or (spec, band) in search.measured:
+                continue
+            theirs = search.predicted.get((spec, band))
+            gain = 1.0 if theirs is None else 1 - theirs / mine if mine else 0.0
+            if gain + error > GAIN:
+                found[spec, band] = (gain + error) * mine / step
+    return found
+
+
+def _challengers(search: Search, base: str, error: float, totals: Mapping[str, float]) -> set[str]:
+    """Single specs whose workload estimate could, within the model's error, undercut the base."""
+    limit = totals[base] * (1 + TIE + error)
+    return {s for s, t in totals.items() if s != base and t <= limit}
+
+
+def next_probe(search: Search, overhead: float) -> tuple[int, list[str]] | None:
+    """The next band to measure and the specs to measure on it (the base first), or ``None``."""
+    decision = decide(search.usable(), search.bands, search.measured, search.predicted, overhead=overhead)
+    error = search.model_error()
+    scores = _scores(search, decision.base, error)
+    for spec in _challengers(search, decision.base, error, decision.totals):
+        for band in search.bands:
+            if (spec, band) not in search.measured:
+                scores[spec, band] = max(scores.get((spec, band), 0.0), 1e-9)
+    if not scores:
+        return None
+    by_band: dict[int, list[tuple[float, str]]] = {}
+    for (spec, band), score in scores.items():
+        by_band.setdefault(band, []).append((score, spec))
+    band = max(by_band, key=lambda b: sum(s for s, _ in by_band[b]))
+    ranked = [spec for _, spec in sorted(by_band[band], key=lambda x: -x[0])][:PER_PROBE]
+    return band, [decision.base, *ranked]
+
+
+def run(
+    search: Search,
+    measure: Measure,
+    predict: Predict,
+    *,
+    max_cells: int,
+    deadline: float,
+    overhead: Callable[[], float],
+    clock: Callable[[], float] = time.monotonic,
+) -> Search:
+    """Measures probes (calibration first, then :func:`next_probe`) until nothing could
+    change the decision, ``max_cells`` cells were measured, or ``clock()`` passes
+    ``deadline``; refits the predictions after each probe."""
+    search.predicted = predict(search.measured)
+    spent: list[float] = []
+    queue = _calibration(search)
+    while True:
+        probe = queue.pop(0) if queue else next_probe(search, overhead())
+        if probe is None:
+            break
+        band, specs = probe
+        specs = list(dict.fromkeys(s for s in specs if s not in search.failed))[: max_cells - search.cells]
+        expected = statistics.median(spent) * len(specs) if spent else 0.0
+        if len(specs) < 2 or clock() + expected > deadline:
+            logger.info("tuning stops: %d cells measured, %.1f s left", search.cells, deadline - clock())
+            break
+        started = clock()
+        search.record(band, measure(band, specs))
+        spent.append((clock() - started) / max(len(specs), 1))
+        search.predicted = predict(search.measured)
+    return search

@@ -1,0 +1,277 @@
+"""``allreduce.tune``: the fastest spec for these devices and this workload, measured and cached.
+
+The search (:mod:`allreduce.tuning.search`) measures only where the fitted cost model
+says winners may cross, at most a quarter of every candidate on every band; the rules of
+:mod:`allreduce.tuning.decide` turn the samples into a spec; the result and every sample
+go to the cache (:mod:`allreduce.tuning.cache`), where ``spec="auto"`` finds them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from allreduce.bench.cases import DTYPE_SIZES
+from allreduce.cost_model import DEFAULT, Model, Sample, fit
+from allreduce.devices import group_by_worker
+from allreduce.tuning import cache
+from allreduce.tuning.bands import band_limit
+from allreduce.tuning.candidates import candidate_specs
+from allreduce.tuning.decide import Decision, decide
+from allreduce.tuning.search import Search, run
+from allreduce.tuning.workload import Workload
+from allreduce.validation import check_device_names, check_int, check_seconds, check_sequence
+
+__all__ = ["DEFAULT_BUDGET_S", "check_dtype", "tune", "tune_entry"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUDGET_S = 60.0
+#: A tuning measures at most this share of every candidate on every band.
+MAX_SHARE = 0.25
+
+_lock = threading.Lock()
+
+#: ``measure(sizes, specs) -> {spec: step seconds or None}`` (:class:`allreduce.tuning.measure.Measurer`).
+MeasureFn = Callable[[Sequence[int], Sequence[str]], Mapping[str, Sequence[float] | None]]
+
+
+def check_dtype(dtype: Any) -> str:
+    """The name of ``dtype`` (a ``tf.DType`` or its name) if the library all-reduces it.
+
+    Raises:
+        TypeError: neither a ``tf.DType`` nor a str.
+        ValueError: a dtype the library does not all-reduce.
+    """
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "name", None)
+    if not isinstance(name, str) or not (isinstance(dtype, str) or hasattr(dtype, "is_floating")):
+        raise TypeError(f"dtype must be a tf.DType or its name, got {type(dtype).__name__}: {dtype!r}")
+    if name not in DTYPE_SIZES:
+        raise ValueError(f"dtype {name!r} cannot be all-reduced; supported: {', '.join(DTYPE_SIZES)}")
+    return name
+
+
+def _check(
+    devices: Any, sizes: Any, budget_s: Any, specs: Any
+) -> tuple[list[str], list[int], float, list[str]]:
+    check_sequence("devices", devices, "device names")
+    if not devices:
+        raise ValueError("devices is empty: tune needs the devices the all-reduce runs on")
+    names = check_device_names(devices, len(devices), "device")
+    check_sequence("sizes", sizes, "element counts (one per tensor of a step)")
+    if not sizes:
+        raise ValueError("sizes is empty: give the element count of every tensor of one step")
+    counts = [check_int(f"sizes[{i}]", s, minimum=1) for i, s in enumerate(sizes)]
+    budget = check_seconds("budget_s", budget_s, allow_zero=False)
+    chosen: list[str] = []
+    if specs is not None:
+        from allreduce.spec import parse_all_reduce_spec
+
+        check_sequence("specs", specs, "single specs such as 'xring#2'")
+        for spec in specs:
+            if len(parse_all_reduce_spec(spec)) != 1:
+                raise ValueError(f"specs must be single specs without size ranges, got {spec!r}")
+            chosen.append(spec)
+        if not chosen:
+            raise ValueError("specs is empty: give at least one spec to choose from")
+    return names, counts, budget, chosen
+
+
+def tune(
+    devices: Sequence[str],
+    sizes: Sequence[int],
+    *,
+    dtype: Any = "float32",
+    budget_s: float = DEFAULT_BUDGET_S,
+    cache_dir: str | os.PathLike[str] | None = None,
+    specs: Sequence[str] | None = None,
+) -> str:
+    """The fastest spec (size ranges and ``#k`` included) for all-reducing tensors of
+    ``sizes`` elements on ``devices``, measured within about ``budget_s`` seconds.
+
+    The result and every sample are cached under ``cache_dir`` (default:
+    ``$ALLREDUCE_CACHE_DIR``, ``$XDG_CACHE_HOME/allreduce`` or ``~/.cache/allreduce``),
+    keyed by the topology and the workload; a later call with the same key returns at
+    once, and ``spec="auto"`` uses it. ``specs`` restricts the choice to these single
+    specs. Safe to call from several threads (tunings run one at a time).
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: no devices, no sizes, a size below 1, a budget that is not positive,
+            an unsupported dtype, a spec that is malformed or has size ranges, or no
+            candidate that runs on these devices.
+    """
+    return tune_entry(devices, sizes, dtype=dtype, budget_s=budget_s, cache_dir=cache_dir, specs=specs)[
+        "spec"
+    ]
+
+
+def tune_entry(
+    devices: Sequence[str],
+    sizes: Sequence[int],
+    *,
+    dtype: Any = "float32",
+    budget_s: float = DEFAULT_BUDGET_S,
+    cache_dir: str | os.PathLike[str] | None = None,
+    specs: Sequence[str] | None = None,
+    measure: MeasureFn | None = None,
+) -> dict[str, Any]:
+    """As :func:`tune`, returning the whole cache entry (``cached`` says whether it was
+    found rather than measured); ``measure`` replaces the benchmark driver."""
+    names, counts, budget, chosen = _check(devices, sizes, budget_s, specs)
+    dtype_name = check_dtype(dtype)
+    key = cache.key_of(names, dtype_name, counts)
+    path = cache.entry_path(cache.cache_dir(cache_dir), key)
+    with _lock:
+        found = cache.load(path, key)
+        if found is not None:
+            logger.info("tune: %r from the cache (%s)", found["spec"], path)
+            return {**found, "cached": True}
+        entry = _tune(names, counts, dtype_name, budget, chosen, measure)
+        entry["key"] = key
+        try:
+            cache.store(path, entry)
+        except OSError as err:
+            logger.warning("tune: cannot write the tuning cache %s: %s", path, err)
+    from allreduce.tuning.auto import forget
+
+    forget()
+    return {**entry, "cached": False}
+
+
+def _tune(
+    devices: list[str],
+    sizes: list[int],
+    dtype: str,
+    budget: float,
+    specs: list[str],
+    measure: MeasureFn | None,
+) -> dict[str, Any]:
+    started = time.monotonic()
+    deadline = started + budget
+    if measure is None:
+        from allreduce.tuning.measure import Measurer, logically_split
+
+        split = logically_split(devices)
+        measure = Measurer(devices, dtype)
+    else:
+        split = False
+    work = Workload(devices, sizes, DTYPE_SIZES[dtype])
+    candidates = [s for s in specs if _runs(s, devices)] or (
+        [] if specs else candidate_specs(devices, lambda s: work.predict(DEFAULT, s), logical_split=split)
+    )
+    if not candidates:
+        raise ValueError(f"no spec that reduces runs on {devices} (of {specs or 'the registry'})")
+    bands = list(work.bands)
+    state = {"model": DEFAULT}
+
+    def predict(measured: Mapping[tuple[str, int], Sequence[float]]) -> dict[tuple[str, int], float | None]:
+        samples = [Sample(s, tuple(work.bands[b]), _median(v)) for (s, b), v in measured.items()]
+        if samples:
+            # A ValueError: only algorithms without formulas were measured so far.
+            with contextlib.suppress(ValueError):
+                state["model"] = fit(samples, devices, work.itemsize, prior=DEFAULT)
+        return work.predictions(state["model"], candidates)
+
+    search = Search(list(candidates), bands)
+    max_cells = max(1, int(MAX_SHARE * len(candidates) * len(bands)))
+    run(
+        search,
+        lambda band, chosen: measure(work.bands[band], chosen),
+        predict,
+        max_cells=max_cells,
+        deadline=deadline,
+        overhead=lambda: state["model"].overhead(devices, 0),
+    )
+    model: Model = state["model"]
+    decision = decide(
+        search.usable(), bands, search.measured, search.predicted, overhead=model.overhead(devices, 0)
+    )
+    elapsed = time.monotonic() - started
+    logger.info(
+        "tune: %r (base %s) from %d of %d cells in %.1f s",
+        decision.spec,
+        decision.base,
+        search.cells,
+        len(candidates) * len(bands),
+        elapsed,
+    )
+    return _entry(decision, search, work, model, budget, elapsed, len(group_by_worker(devices)))
+
+
+def _runs(spec: str, devices: Sequence[str]) -> bool:
+    """Whether a single ``spec`` reduces and can run on ``devices`` (else it is left out, logged)."""
+    from allreduce.registry import get_algorithm
+    from allreduce.spec import parse_all_reduce_spec
+
+    (item,) = parse_all_reduce_spec(spec)
+    info = get_algorithm(item.alg)
+    problem = info.problem(devices, item.shards) if info.reduces else f"{item.alg} does not reduce"
+    if problem is not None:
+        logger.warning("tune leaves out %r: %s", spec, problem)
+    return problem is None
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _entry(
+    decision: Decision,
+    search: Search,
+    work: Workload,
+    model: Model,
+    budget: float,
+    elapsed: float,
+    workers: int,
+) -> dict[str, Any]:
+    bands = []
+    for choice in decision.bands:
+        cells = {
+            spec: {
+                "measured_s": _median(search.measured[spec, choice.band])
+                if (spec, choice.band) in search.measured
+                else None,
+                "predicted_s": search.predicted.get((spec, choice.band)),
+            }
+            for spec in search.candidates
+        }
+        bands.append(
+            {
+                "band": choice.band,
+                "limit": band_limit(choice.band),
+                "tensors": len(work.bands[choice.band]),
+                "spec": choice.spec,
+                "reason": choice.reason,
+                "gain": choice.gain,
+                "cells": cells,
+            }
+        )
+    return {
+        "spec": decision.spec,
+        "base": decision.base,
+        "candidates": search.candidates,
+        "failed": search.failed,
+        "bands": bands,
+        "totals_s": decision.totals,
+        "model": model.to_json(),
+        "samples": [
+            {"spec": spec, "band": band, "sizes": list(work.bands[band]), "seconds": samples}
+            for (spec, band), samples in search.measured.items()
+        ],
+        "cells": search.cells,
+        "exhaustive_cells": len(search.candidates) * len(search.bands),
+        "probes": search.probes,
+        "workers": workers,
+        "budget_s": budget,
+        "elapsed_s": elapsed,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
