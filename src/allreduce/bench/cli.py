@@ -80,6 +80,8 @@ def _names(text: str) -> tuple[str, ...]:
 def _specs(text: str) -> tuple[str, ...]:
     specs = _names(text)
     for spec in specs:
+        if spec == "auto":  # the tuned spec, resolved per case (docs/tuning.md)
+            continue
         try:
             parse_all_reduce_spec(spec)
         except ValueError as err:
@@ -216,6 +218,18 @@ def _add_output(p: argparse.ArgumentParser) -> None:
         help="draw busbw against size (.png, .svg, .pdf, ...: any matplotlib format)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="tune a spec for all the cases' tensors as one step (cached for spec='auto'), print the "
+        "winner per size band against every single spec, and exit",
+    )
+    p.add_argument("--tune-budget", type=_seconds, help="seconds --tune may measure (default 60)")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print each spec's plan and predicted time per case, then predicted against measured",
+    )
     p.add_argument(
         "-v", "--verbose", action="count", help="log what the run does to stderr (-vv: debugging details)"
     )

@@ -132,7 +132,10 @@ class SpecContender(Contender):
         self.compression = compression
         self.name = spec if compression == "none" else f"{spec} ({compression})"
         self.required = required
-        self._algorithms = [get_algorithm(t.alg) for t in parse_all_reduce_spec(spec)]
+        # "auto" is resolved by the library for each case's tensors (docs/tuning.md).
+        self._algorithms = (
+            [] if spec == "auto" else [get_algorithm(t.alg) for t in parse_all_reduce_spec(spec)]
+        )
 
     def _wire(self) -> Any:
         from allreduce.compression import CastWire

@@ -114,6 +114,9 @@ class Options:
     quick: bool = False
     progress: bool = True
     verbose: int = 0
+    tune: bool = False
+    tune_budget: float = 60.0
+    explain: bool = False
 
     @property
     def total_devices(self) -> int:

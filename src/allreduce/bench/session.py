@@ -190,6 +190,21 @@ def _write_outputs(
         plot_busbw(results, options.plot, title=title)
 
 
+def _explain(
+    options: Options, contenders: Sequence[Contender], cases: Sequence[Case], devices: Sequence[str]
+) -> dict[Any, Any]:
+    """With ``--explain``, prints each spec's plan of each case; the plans by ``(spec, case)``."""
+    if not options.explain:
+        return {}
+    from allreduce.bench.tuning_report import explain_cases
+
+    specs = list(dict.fromkeys(c.spec for c in contenders if c.spec is not None))
+    plans = explain_cases(specs, cases, devices, options.pack_max_bytes)
+    for plan in plans.values():
+        sys.stdout.write(f"{plan}\n\n")
+    return plans
+
+
 def run(options: Options, cases: Sequence[Case] | None = None) -> int:
     """Runs the benchmark ``options`` describe (``cases``: those of a sweep or many-small
     workload, already checked); returns the exit status.
@@ -217,11 +232,23 @@ def run(options: Options, cases: Sequence[Case] | None = None) -> int:
         logger.info("devices: %s", ", ".join(devices))
         logger.info("cases: %s", ", ".join(c.name for c in cases))
         logger.info("contenders: %s", ", ".join(c.name for c in contenders))
+        if options.tune:
+            from allreduce.bench.tuning_report import format_tuning, tune_cases
+
+            sys.stdout.write(
+                format_tuning(tune_cases(cases, devices, options.dtype, options.tune_budget)) + "\n"
+            )
+            return EXIT_OK
+        plans = _explain(options, contenders, cases, devices)
         title = _title(options, setup, tf.__version__)
         sys.stdout.write(format_header(title) + "\n")
         sys.stdout.flush()
         results, interrupted = _measure(cases, contenders, setup, options, guard)
     sys.stdout.write(format_summary(results, interrupted=interrupted) + "\n")
+    if plans:
+        from allreduce.bench.tuning_report import format_predicted_vs_measured
+
+        sys.stdout.write(format_predicted_vs_measured(plans, results) + "\n")
     sys.stdout.flush()
     status = EXIT_FAILED if any(r.failed for r in results) else EXIT_OK
     try:
