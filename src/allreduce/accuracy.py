@@ -20,8 +20,11 @@ default, which only removes roundings).
 float16 values are scaled by a power of two ``s`` before the all-reduce (see
 :mod:`allreduce.compression`), which is exact; what float16 cannot hold below its
 smallest subnormal ``2**-24`` (in scaled units) is lost: at most ``2**-25 / s`` per
-rounding, with ``1 / s <= 2**(c - 14) * max|x|`` (``c = ceil(log2 n)``, ``max|x|`` over
-the whole bucket on every device). :attr:`ErrorBound.per_max` carries that term.
+rounding whatever the value's size, with ``1 / s <= 2**(c - 14) * max|x|``
+(``c = ceil(log2 n)``, ``max|x|`` over the whole bucket on every device). Such losses
+add up over all the roundings of an element, at most ``2n - 1`` (each input and each
+partial sum is rounded at most once, the result once more).
+:attr:`ErrorBound.per_max` carries that term.
 """
 
 from __future__ import annotations
@@ -175,14 +178,19 @@ def _range_bound(path: Roundings, n: int, wire: FloatFormat | None, fmt: FloatFo
     zero = Fraction(0)
     if wire is None or h_w == 0:
         return ErrorBound(relative, zero, zero, h_w, path.adds)  # type: ignore[arg-type]
+    # Below the subnormals a rounding errs by up to half the smallest value whatever the
+    # magnitude, so these errors add up over every rounding, not along one path: each of
+    # the n inputs and n - 1 partial sums is rounded to the wire at most once before it
+    # is added (re-encoding a decoded value is exact), the result once more.
+    roundings = 2 * n - 1
     if not needs_scaling(wire, fmt):
-        absolute = h_w * _half_tiny(wire) * (1 + relative)
+        absolute = roundings * _half_tiny(wire) * (1 + relative)
         return ErrorBound(relative, zero, absolute, h_w, path.adds)  # type: ignore[arg-type]
-    # Lost below the wire's (and, for x * s, the dtype's) subnormals, in scaled units,
-    # times 1/s <= 2**(c + 1 - wire.bias) max|x| + 2**(c - fmt.bias); the unscaling may
-    # round into the dtype's subnormals once more.
+    # In scaled units, and for x * s the dtype's subnormals too; times
+    # 1/s <= 2**(c + 1 - wire.bias) max|x| + 2**(c - fmt.bias). The unscaling may round
+    # into the dtype's subnormals once more.
     c = (n - 1).bit_length()
-    lost = (h_w * _half_tiny(wire) + n * _half_tiny(fmt)) * (1 + relative)
+    lost = (roundings * _half_tiny(wire) + n * _half_tiny(fmt)) * (1 + relative)
     per_max = lost * Fraction(2) ** (c + 1 - wire.bias)
     absolute = lost * Fraction(2) ** (c - fmt.bias) + _half_tiny(fmt)
     return ErrorBound(relative, per_max, absolute, h_w, path.adds)  # type: ignore[arg-type]

@@ -284,3 +284,19 @@ def test_a_worker_of_one_device_gets_the_same_rounded_result(groups) -> None:
     )
     assert len({t.numpy().tobytes() for t in outputs}) == 1
     assert all(bfloat16_values(t) for t in outputs)
+
+
+def test_losses_below_float16_subnormals_add_up_over_every_rounding() -> None:
+    # 2**20 on device 0 sets the scale to 2**-8; devices 1-3 hold 1.5 * 2**-16, which
+    # scales to 1.5 * 2**-24, a tie between float16's two smallest subnormals: each is
+    # received rounded up by 2**-17. Three inputs, not one path, make up the error.
+    arrays = np.zeros((4, 2))
+    arrays[0, 0] = 2.0**20
+    arrays[1:, 1] = 1.5 * 2.0**-16
+    tensors = tensors_on(arrays, tf.float32)[:4]
+    bound = allreduce.error_bound("simple", 4, "fp16")
+    limit = bound.limit(np.sum(np.abs(arrays), axis=0), 2.0**20)
+    for out in allreduce.all_reduce(tensors, "simple", compression=FP16_EVERYWHERE):
+        error = np.abs(to_float64(out) - arrays.sum(axis=0))
+        assert error[1] == 3 * 2.0**-17
+        assert np.all(error <= limit)

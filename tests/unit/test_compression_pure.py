@@ -212,9 +212,10 @@ def test_float16_bounds_carry_the_underflow_of_the_scaled_values() -> None:
     g_a = 3 * Fraction(U_F32) / (1 - 3 * Fraction(U_F32))
     relative = (1 + g_w) * (1 + g_a) - 1
     assert is_rounded_up(bound.relative, relative)
-    # 4 roundings below float16's subnormals (2**-25 each, and 8 float32 ones for x * s),
-    # times 1/s <= 2**(3 + 1 - 15) max|x|.
-    lost = (4 * Fraction(2) ** -25 + 8 * Fraction(2) ** -150) * (1 + relative)
+    # Below float16's subnormals every rounding of the 8 inputs, 7 partial sums and the
+    # result may lose 2**-25 (and each x * s 2**-150 in float32), times
+    # 1/s <= 2**(3 + 1 - 15) max|x|.
+    lost = (15 * Fraction(2) ** -25 + 8 * Fraction(2) ** -150) * (1 + relative)
     assert is_rounded_up(bound.per_max, lost * Fraction(2) ** -11)
     assert is_rounded_up(bound.absolute, lost * Fraction(2) ** (3 - 127) + Fraction(2) ** -150)
 
