@@ -287,20 +287,36 @@ def fit(
         if kept:
             params = _solve([u[2] for u in kept], [u[0].seconds for u in kept], prior)
             params = _keep_unused(params, [u[2] for u in kept], prior)
-        model = Model(params)
-        ratios: dict[str, list[float]] = {}
-        for sample, alg, terms in usable:
-            fixed = overhead_terms(devices, len(sample.sizes))
-            alg_part = sum(params.get(k, 0.0) * v for k, v in terms.items() if k not in fixed)
-            rest = sum(params.get(k, 0.0) * v for k, v in fixed.items())
-            if alg_part > 0:
-                ratios.setdefault(alg, []).append(max(sample.seconds - rest, 0.0) / alg_part)
-        found = {a: statistics.median(r) for a, r in ratios.items()}
-        found = {a: r for a, r in found.items() if not 1 / OUTLIER_RATIO <= r <= OUTLIER_RATIO}
+        found = _outliers(usable, params, devices)
         if set(found) == set(outliers):
             break
         outliers = found
-    return Model(model.params, {a: max(r, 1e-3) for a, r in outliers.items()}, len(usable))
+    return Model(params, _outliers(usable, params, devices), len(usable))
+
+
+def _outliers(
+    usable: Sequence[tuple[Sample, str, dict[str, float]]],
+    params: Mapping[str, float],
+    devices: Sequence[str],
+) -> dict[str, float]:
+    """Algorithms whose measured steps (two or more) are, by their median, more than
+    :data:`OUTLIER_RATIO` off the shared fit, each with the least-squares factor of its
+    own part of the step (between 0.2 and 5)."""
+    parts: dict[str, list[tuple[float, float, float]]] = {}
+    for sample, alg, terms in usable:
+        fixed = overhead_terms(devices, len(sample.sizes))
+        own = sum(params.get(k, 0.0) * v for k, v in terms.items() if k not in fixed)
+        rest = sum(params.get(k, 0.0) * v for k, v in fixed.items())
+        parts.setdefault(alg, []).append((sample.seconds, rest, own))
+    found = {}
+    for alg, rows in parts.items():
+        ratio = statistics.median(seconds / (rest + own) for seconds, rest, own in rows if rest + own > 0)
+        weight = sum(own * own / seconds**2 for seconds, _, own in rows)
+        if len(rows) < 2 or 1 / OUTLIER_RATIO <= ratio <= OUTLIER_RATIO or weight == 0:
+            continue
+        factor = sum(own * (seconds - rest) / seconds**2 for seconds, rest, own in rows) / weight
+        found[alg] = min(max(factor, 0.2), 5.0)
+    return found
 
 
 def _keep_unused(

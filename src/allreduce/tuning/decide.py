@@ -4,7 +4,8 @@ The rules decide only on real differences:
 
 * the base spec is the first single spec, in order of preference, whose estimated
   workload time (measured where measured, predicted elsewhere) is within :data:`TIE`
-  of the lowest;
+  of the lowest, and that was measured on the band that takes the most time, if any
+  such spec is that close;
 * a band switches from the base to another algorithm only when both were measured there
   side by side, the other's median is at least :data:`GAIN` lower, the time it saves is
   at least :data:`STEP_GAIN` of the whole step, and a bootstrap interval of the ratio
@@ -40,9 +41,9 @@ __all__ = [
 #: The least gain, as a fraction of the base's band time, that makes a band switch.
 GAIN = 0.05
 #: The least time a switch must save, as a fraction of the base's whole step.
-STEP_GAIN = 0.02
+STEP_GAIN = 0.03
 #: Single specs whose workload estimates are this close count as equal.
-TIE = 0.03
+TIE = 0.05
 #: The confidence of the bootstrap intervals.
 CONFIDENCE = 0.95
 _RESAMPLES = 400
@@ -111,9 +112,12 @@ def totals(
     return out
 
 
-def _base(candidates: Sequence[str], found: Mapping[str, float]) -> str:
+def _base(candidates: Sequence[str], found: Mapping[str, float], measured_on: Sequence[str] = ()) -> str:
+    """The first candidate within :data:`TIE` of the best total, among those measured on
+    the heaviest band (``measured_on``) when any of them is that close."""
     best = min(found.values())
-    return next(c for c in candidates if c in found and found[c] <= best * (1 + TIE))
+    close = [c for c in candidates if c in found and found[c] <= best * (1 + TIE)]
+    return next((c for c in close if c in measured_on), close[0])
 
 
 def _switch(base: str, band: int, candidates: Sequence[str], measured: Cells, step: float) -> BandChoice:
@@ -171,7 +175,9 @@ def decide(
     found = totals(candidates, bands, measured, predicted, overhead)
     if not found:
         raise ValueError("no candidate spec was measured or predicted on every band")
-    base = _base(candidates, found)
+    fastest = min(found, key=lambda c: found[c])
+    heaviest = max(bands, key=lambda b: estimate(fastest, b, measured, predicted) or 0.0)
+    base = _base(candidates, found, [c for c in candidates if measured.get((c, heaviest))])
     choices = [_switch(base, band, candidates, measured, found[base]) for band in sorted(bands)]
     return Decision(compose(choices), base, choices, found)
 

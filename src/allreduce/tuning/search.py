@@ -31,6 +31,12 @@ logger = logging.getLogger(__name__)
 MIN_ERROR = 0.1
 #: The most alternatives measured next to the base in one probe.
 PER_PROBE = 3
+#: Single specs this much (beyond :data:`~allreduce.tuning.decide.TIE`) above the best are measured again.
+REFINE_MARGIN = 0.05
+#: The refinement measures the heaviest bands that make up this share of the step.
+HEAVY_SHARE = 0.8
+#: How many times the refinement runs.
+REFINE_ROUNDS = 2
 
 #: ``measure(band, specs) -> {spec: step seconds, or None when it cannot run}``.
 Measure = Callable[[int, Sequence[str]], Mapping[str, Sequence[float] | None]]
@@ -47,8 +53,14 @@ class Search:
     measured: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     predicted: Mapping[tuple[str, int], float | None] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
-    cells: int = 0
+    seen: set[tuple[str, int]] = field(default_factory=set)
+    measurements: int = 0
     probes: int = 0
+
+    @property
+    def cells(self) -> int:
+        """Distinct cells measured (or tried): what the quarter of an exhaustive sweep counts."""
+        return len(self.seen)
 
     def usable(self) -> list[str]:
         return [c for c in self.candidates if c not in self.failed]
@@ -65,7 +77,8 @@ class Search:
 
     def record(self, band: int, results: Mapping[str, Sequence[float] | None]) -> None:
         for spec, samples in results.items():
-            self.cells += 1
+            self.seen.add((spec, band))
+            self.measurements += 1
             if samples:
                 self.measured.setdefault((spec, band), []).extend(samples)
             else:
@@ -132,6 +145,40 @@ def next_probe(search: Search, overhead: float) -> tuple[int, list[str]] | None:
     return band, [decision.base, *ranked]
 
 
+def _refinement(search: Search, overhead: float) -> list[tuple[int, list[str]]]:
+    """Probes that measure again, side by side, the single specs whose workload estimates
+    lie within :data:`REFINE_MARGIN` of the best, on the bands that make up most of the
+    step: noise there is what could still change the base."""
+    decision = decide(search.usable(), search.bands, search.measured, search.predicted, overhead=overhead)
+    best = min(decision.totals.values())
+    close = sorted((t, s) for s, t in decision.totals.items() if t <= best * (1 + TIE + REFINE_MARGIN))
+    contenders = [s for _, s in close][: PER_PROBE + 1]
+    if len(contenders) < 2:
+        return []
+    parts = {b: estimate(decision.base, b, search.measured, search.predicted) or 0.0 for b in search.bands}
+    heavy, covered = [], 0.0
+    for band in sorted(parts, key=lambda b: -parts[b]):
+        heavy.append((band, contenders))
+        covered += parts[band]
+        if covered >= HEAVY_SHARE * sum(parts.values()):
+            break
+    return heavy
+
+
+def _within(search: Search, band: int, specs: Sequence[str], max_cells: int) -> list[str]:
+    """``specs`` that have not failed, without new cells beyond ``max_cells`` distinct ones."""
+    kept, fresh = [], max_cells - search.cells
+    for spec in dict.fromkeys(specs):
+        if spec in search.failed:
+            continue
+        if (spec, band) not in search.seen:
+            if fresh <= 0:
+                continue
+            fresh -= 1
+        kept.append(spec)
+    return kept
+
+
 def run(
     search: Search,
     measure: Measure,
@@ -143,21 +190,30 @@ def run(
     clock: Callable[[], float] = time.monotonic,
 ) -> Search:
     """Measures probes (calibration first, then :func:`next_probe`) until nothing could
-    change the decision, ``max_cells`` cells were measured, or ``clock()`` passes
-    ``deadline``; refits the predictions after each probe."""
+    change the decision, ``max_cells`` distinct cells were measured, or ``clock()``
+    passes ``deadline``; refits the predictions after each probe. Then, within
+    :data:`REFINE_ROUNDS` rounds and the deadline, measures the closest single specs
+    again on the heaviest bands (:func:`_refinement`)."""
     search.predicted = predict(search.measured)
     spent: list[float] = []
     queue = _calibration(search)
+    refining = 0
     while True:
         probe = queue.pop(0) if queue else next_probe(search, overhead())
+        if probe is None and refining < REFINE_ROUNDS:
+            refining += 1
+            queue = _refinement(search, overhead())
+            probe = queue.pop(0) if queue else None
         if probe is None:
             break
         band, specs = probe
-        specs = list(dict.fromkeys(s for s in specs if s not in search.failed))[: max_cells - search.cells]
+        specs = _within(search, band, specs, max_cells)
         expected = statistics.median(spent) * len(specs) if spent else 0.0
         if len(specs) < 2 or clock() + expected > deadline:
-            logger.info("tuning stops: %d cells measured, %.1f s left", search.cells, deadline - clock())
-            break
+            if refining or not queue:
+                logger.info("tuning stops: %d cells measured, %.1f s left", search.cells, deadline - clock())
+                break
+            continue
         started = clock()
         search.record(band, measure(band, specs))
         spent.append((clock() - started) / max(len(specs), 1))

@@ -190,9 +190,10 @@ def _tune(
         overhead=lambda: state["model"].overhead(devices, 0),
     )
     model: Model = state["model"]
-    decision = decide(
-        search.usable(), bands, search.measured, search.predicted, overhead=model.overhead(devices, 0)
-    )
+    # Equal estimates go to the spec the fitted model predicts faster on the whole workload.
+    preferred = sorted(search.usable(), key=lambda s: _sort_key(work.predict(model, s)))
+    overhead = model.overhead(devices, 0)
+    decision = decide(preferred, bands, search.measured, search.predicted, overhead=overhead)
     elapsed = time.monotonic() - started
     logger.info(
         "tune: %r (base %s) from %d of %d cells in %.1f s",
@@ -216,6 +217,10 @@ def _runs(spec: str, devices: Sequence[str]) -> bool:
     if problem is not None:
         logger.warning("tune leaves out %r: %s", spec, problem)
     return problem is None
+
+
+def _sort_key(seconds: float | None) -> tuple[int, float]:
+    return (1, 0.0) if seconds is None else (0, seconds)
 
 
 def _median(values: Sequence[float]) -> float:

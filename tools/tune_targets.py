@@ -1,0 +1,189 @@
+"""Measures allreduce.tune against its targets on a mixed-size workload, side by side.
+
+    python tools/tune_targets.py                        # 4 logical CPUs
+    python tools/tune_targets.py --workers 2 --devices 2 # 2 workers x 2 CPUs (local cluster)
+    python tools/tune_targets.py --reruns 10 --json out.json
+
+One run, one process: it tunes the workload (48 tensors, 1 to 4M elements, log-uniform)
+in a fresh cache within the budget, then measures the tuned spec, every single candidate
+spec and the default ``xring`` on the whole workload in one round-robin
+(``allreduce.bench.driver.run_case``), and every candidate on every size band (the
+exhaustive sweep the tuning avoided) to find the fitted model's error on the cells it
+did not measure. It times a cache hit and an ``auto`` resolution, and with ``--reruns``
+tunes again in fresh caches to count how often the same spec comes back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def workload(seed: int, count: int = 48, largest: int = 4 << 20) -> list[int]:
+    """``count`` element counts, log-uniform between 1 and ``largest``."""
+    rng = random.Random(seed)
+    return [max(1, round(math.exp(rng.uniform(0, math.log(largest))))) for _ in range(count)]
+
+
+def measure_all(devices, sizes, specs, iters, warmup=2):
+    """Median seconds of one step of each spec on ``sizes``, side by side."""
+    from allreduce.bench.cases import Case
+    from allreduce.bench.contenders import SpecContender
+    from allreduce.tuning.measure import Measurer
+
+    setup = Measurer(devices, "float32").setup
+    from allreduce.bench.driver import run_case
+
+    case = Case("workload", tuple((s,) for s in sizes), "float32")
+    results = run_case(
+        case, [SpecContender(s, required=False) for s in specs], setup, warmup=warmup, iters=iters
+    )
+    return {r.name: (r.time_s if r.timed and r.ok else None) for r in results}
+
+
+def _median(values):
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
+
+
+def model_error(entry, devices, sizes, iters):
+    """The fitted model's median relative error on every band cell the tuning did not measure."""
+    from allreduce.cost_model import Model
+    from allreduce.tuning.workload import Workload
+
+    model = Model.from_json(entry["model"])
+    work = Workload(devices, sizes, 4)
+    measured = {(s["spec"], s["band"]) for s in entry["samples"]}
+    errors, cells = [], 0
+    for band, members in work.bands.items():
+        times = measure_all(devices, members, entry["candidates"], iters)
+        for spec, seconds in times.items():
+            cells += 1
+            predicted = work.predict(model, spec, band)
+            if (spec, band) in measured or seconds is None or predicted is None:
+                continue
+            errors.append(abs(predicted - seconds) / seconds)
+    return (statistics.median(errors) if errors else float("nan")), len(errors), cells
+
+
+def run(devices, args) -> dict:
+    from allreduce.tuning import auto
+    from allreduce.tuning.tuner import tune_entry
+
+    sizes = workload(args.seed)
+    report: dict = {"devices": devices, "sizes": sizes, "budget_s": args.budget}
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        entry = tune_entry(devices, sizes, budget_s=args.budget, cache_dir=folder)
+        report["tune_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        hit = tune_entry(devices, sizes, budget_s=args.budget, cache_dir=folder)
+        report["cache_hit_s"] = time.perf_counter() - started
+        assert hit["cached"] and hit["spec"] == entry["spec"]
+        auto.forget()
+        started = time.perf_counter()
+        resolved = auto.resolve(devices, sizes, "float32", folder)
+        report["auto_first_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        auto.resolve(devices, sizes, "float32", folder)
+        report["auto_again_s"] = time.perf_counter() - started
+        assert resolved == entry["spec"]
+    report.update(
+        spec=entry["spec"],
+        base=entry["base"],
+        cells=entry["cells"],
+        exhaustive_cells=entry["exhaustive_cells"],
+        candidates=entry["candidates"],
+        bands=[(b["band"], b["tensors"], b["spec"], b["reason"]) for b in entry["bands"]],
+    )
+    print(
+        f"tuned {entry['spec']!r} (base {entry['base']}) in {report['tune_s']:.1f} s, "
+        f"{entry['cells']}/{entry['exhaustive_cells']} cells; "
+        f"cache hit {report['cache_hit_s'] * 1e3:.2f} ms, "
+        f"auto {report['auto_first_s'] * 1e3:.2f} ms, again {report['auto_again_s'] * 1e6:.0f} us",
+        flush=True,
+    )
+    specs = list(dict.fromkeys([entry["spec"], "xring", *entry["candidates"]]))
+    rounds = [measure_all(devices, sizes, specs, args.iters) for _ in range(args.rounds)]
+    whole = {s: _median([r[s] for r in rounds]) for s in specs}
+    singles = {s: t for s, t in whole.items() if s in entry["candidates"] and t is not None}
+    best = min(singles, key=singles.get)
+    report["whole_ms"] = {s: (t * 1e3 if t else None) for s, t in whole.items()}
+    report["best_single"] = best
+    # Ratios within each round-robin, then their median over the rounds.
+    report["tuned_over_best"] = statistics.median(
+        r[entry["spec"]] / min(r[s] for s in singles) for r in rounds
+    )
+    report["tuned_over_xring"] = statistics.median(r[entry["spec"]] / r["xring"] for r in rounds)
+    report["best_over_xring"] = statistics.median(min(r[s] for s in singles) / r["xring"] for r in rounds)
+    shown = {s: round(t * 1e3, 2) for s, t in whole.items() if t}
+    print(f"whole workload (ms, median of {args.rounds} round-robins):", shown, flush=True)
+    print(
+        f"tuned/best single ({best}) {report['tuned_over_best']:.3f}; "
+        f"tuned/xring {report['tuned_over_xring']:.3f}; best/xring {report['best_over_xring']:.3f}",
+        flush=True,
+    )
+    if args.model_error:
+        error, count, cells = model_error(entry, devices, sizes, args.iters)
+        report.update(model_error=error, model_error_cells=count, exhaustive_swept=cells)
+        print(
+            f"model median error {error:.1%} over {count} cells it was not fitted on ({cells} swept)",
+            flush=True,
+        )
+    if args.reruns:
+        found = Counter()
+        for i in range(args.reruns):
+            with tempfile.TemporaryDirectory() as folder:
+                started = time.perf_counter()
+                again = tune_entry(devices, sizes, budget_s=args.budget, cache_dir=folder)
+                print(f"rerun {i}: {again['spec']!r} in {time.perf_counter() - started:.1f} s", flush=True)
+                found[again["spec"]] += 1
+        report["reruns"] = dict(found)
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=4, help="devices (per worker with --workers)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--budget", type=float, default=60.0)
+    parser.add_argument("--iters", type=int, default=15, help="timed steps per spec of the reference runs")
+    parser.add_argument("--rounds", type=int, default=3, help="round-robins of the whole workload")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--reruns", type=int, default=0)
+    parser.add_argument("--no-model-error", dest="model_error", action="store_false")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+    sys.path.insert(0, str(ROOT / "src"))
+    import allreduce
+
+    with ExitStack() as stack:
+        if args.workers > 1:
+            from allreduce.cluster import local_cluster
+
+            cluster = stack.enter_context(local_cluster(args.workers, args.devices, op_timeout_s=300))
+            devices = [d for worker in cluster.devices for d in worker]
+        else:
+            devices = allreduce.logical_devices(args.devices)
+        report = run(devices, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
