@@ -120,3 +120,12 @@ def test_the_model_alone_switches_only_where_it_predicts_twice_the_gain():
     assert decision.bands[0].reason == "predicted"
     with pytest.raises(ValueError):
         decide_predicted(["rechd"], bands, {("rechd", 1): None})
+
+
+def test_a_preferred_spec_beyond_the_tie_only_by_noise_stays_the_base():
+    bands = [9, 11]
+    measured = {("simple", b): noisy(1e-3, 0.02, b) for b in bands}
+    measured |= {("pscpu", 9): [0.6e-3, 1.6e-3, 0.9e-3, 1.3e-3, 1.2e-3], ("pscpu", 11): noisy(1.1e-3, 0.3, 3)}
+    assert decide(["pscpu", "simple"], bands, measured, {}).base == "pscpu"  # noisy: may be equal
+    measured |= {("pscpu", b): noisy(1.12e-3, 0.01, 20 + b) for b in bands}
+    assert decide(["pscpu", "simple"], bands, measured, {}).base == "simple"  # surely 12 % slower

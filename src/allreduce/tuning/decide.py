@@ -4,7 +4,8 @@ The rules decide only on real differences:
 
 * the base spec is the first single spec, in order of preference, whose estimated
   workload time (measured where measured, predicted elsewhere) is within :data:`TIE`
-  of the lowest, and that was measured on the band that takes the most time, if any
+  of the lowest, or may be within the noise (the lower end of a bootstrap interval of
+  the ratio, :func:`total_ratio_low`), and that was measured on the band that takes the most time, if any
   such spec is that close;
 * a band switches from the base to another algorithm only when both were measured there
   side by side, the other's median is at least :data:`GAIN` lower, the time it saves is
@@ -112,6 +113,27 @@ def totals(
     return out
 
 
+def total_ratio_low(
+    a: str, b: str, bands: Sequence[int], measured: Cells, predicted: Predictions, overhead: float
+) -> float:
+    """The lower end of a bootstrap interval (:data:`CONFIDENCE`) of ``a``'s estimated
+    workload time over ``b``'s: measured cells resampled, predicted ones held fixed."""
+    rng = random.Random(0)
+
+    def total(spec: str) -> float:
+        parts = []
+        for band in bands:
+            samples = measured.get((spec, band))
+            if samples:
+                parts.append(statistics.median(rng.choices(samples, k=len(samples))))
+            else:
+                parts.append(predicted.get((spec, band)) or 0.0)
+        return sum(parts) - overhead * (len(bands) - 1)
+
+    ratios = sorted(total(a) / total(b) for _ in range(_RESAMPLES))
+    return ratios[int((1 - CONFIDENCE) / 2 * (_RESAMPLES - 1))]
+
+
 def _base(candidates: Sequence[str], found: Mapping[str, float], measured_on: Sequence[str] = ()) -> str:
     """The first candidate within :data:`TIE` of the best total, among those measured on
     the heaviest band (``measured_on``) when any of them is that close."""
@@ -177,7 +199,15 @@ def decide(
         raise ValueError("no candidate spec was measured or predicted on every band")
     fastest = min(found, key=lambda c: found[c])
     heaviest = max(bands, key=lambda b: estimate(fastest, b, measured, predicted) or 0.0)
-    base = _base(candidates, found, [c for c in candidates if measured.get((c, heaviest))])
+    # A preferred spec whose total may, within the noise, be within TIE of the fastest
+    # counts as that close: noise must not flip the choice between equals.
+    equal = {
+        c: found[fastest] * (1 + TIE)
+        for c in found
+        if found[c] > found[fastest] * (1 + TIE)
+        and total_ratio_low(c, fastest, bands, measured, predicted, overhead) <= 1 + TIE
+    }
+    base = _base(candidates, {**found, **equal}, [c for c in candidates if measured.get((c, heaviest))])
     choices = [_switch(base, band, candidates, measured, found[base]) for band in sorted(bands)]
     return Decision(compose(choices), base, choices, found)
 
