@@ -102,12 +102,16 @@ def _flat_path(info: AlgorithmInfo, n: int, shards: int, *, reducer: bool = Fals
 
 
 def _upper_path(info: AlgorithmInfo, workers: int, shards: int) -> Roundings | None:
-    """The upper level over ``workers`` sums, or ``None`` where it cannot run."""
+    """The upper level over ``workers`` sums, or ``None`` where it cannot run.
+
+    Raises:
+        ValueError: ``info`` declares no rounding path.
+    """
+    if info.roundings is None:
+        return _flat_path(info, workers, shards)
     try:
         return _flat_path(info, workers, shards)
     except ValueError:
-        if info.roundings is None:
-            raise
         return None  # e.g. torus#r over a count r does not divide
 
 

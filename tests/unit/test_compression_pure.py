@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import allreduce
-from allreduce.accuracy import ErrorBound, _flat_path, error_bound, gamma, rounding_path
+from allreduce.accuracy import ErrorBound, _flat_path, _upper_path, error_bound, gamma, rounding_path
 from allreduce.registry import AlgorithmInfo, Roundings, algorithm_names, get_algorithm
 from allreduce.spec import AllReduceSpecTuple as T
 from allreduce.spec import format_all_reduce_spec, parse_all_reduce_spec
@@ -298,6 +298,8 @@ def test_an_algorithm_without_a_declared_path_has_no_bound() -> None:
     info = AlgorithmInfo("undeclared", "no path", "simple:simple", frozenset({"CPU"}))
     with pytest.raises(ValueError, match="'undeclared' declares no rounding path"):
         _flat_path(info, 4, 1)
+    with pytest.raises(ValueError, match="'undeclared' declares no rounding path"):
+        _upper_path(info, 3, 1)
 
 
 def test_error_bound_is_public_and_needs_no_tensorflow() -> None:
