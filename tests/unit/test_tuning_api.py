@@ -142,3 +142,15 @@ def test_a_real_tuning_on_two_logical_cpus_within_a_tiny_budget(tmp_path):
     tensors, arrays = values_on(DEVICES[:2], 3000)
     check_sums(allreduce.all_reduce(tensors, entry["spec"]), arrays)
     assert allreduce.tune(DEVICES[:2], [8, 3000, 70_000], cache_dir=tmp_path) == entry["spec"]
+
+
+def test_the_measurer_reports_a_spec_that_cannot_run_as_none(caplog):
+    from allreduce.tuning.measure import Measurer, logically_split
+
+    assert logically_split(DEVICES) and not logically_split(
+        ["/job:worker/task:0/device:CPU:0", "/job:worker/task:1/device:CPU:0"]
+    )
+    with caplog.at_level(logging.WARNING):
+        found = Measurer(DEVICES[:2], "float32", warmup=0, iters=2)([10, 20], ["simple", "nccl"])
+    assert found["nccl"] is None and len(found["simple"]) == 2
+    assert "tuning leaves out nccl" in caplog.text

@@ -122,3 +122,22 @@ def test_store_writes_whole_files_only(tmp_path):
     assert cache.load(path)["spec"] == "xring"
     assert sorted(p.name for p in path.parent.iterdir()) == ["entry.json"]
     assert cache.load(tmp_path / "missing.json") is None
+
+
+def test_versions_come_from_the_installed_distribution_before_tensorflow_is_imported(monkeypatch):
+    import sys
+
+    import tensorflow as tf
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    assert cache.topology(CPUS, "float32")["tensorflow"] == tf.__version__
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def refuse(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cache.os, "replace", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        cache.store(tmp_path / "entry.json", {"spec": "xring", "key": {}})
+    assert list(tmp_path.iterdir()) == []

@@ -145,3 +145,32 @@ def test_few_bands_still_measure_the_two_likeliest(tmp_path, band_count):
     machine = FakeMachine(MACHINE)
     entry = tune_entry(CPUS, sizes, cache_dir=tmp_path, measure=machine)
     assert entry["cells"] >= 2
+
+
+def test_close_single_specs_are_measured_again_on_the_heaviest_bands():
+    from allreduce.tuning.search import _refinement
+
+    search = Search(["simple", "better", "xring"], [1, 5, 9])
+    search.predicted = {("simple", 1): 1e-3, ("simple", 5): 4e-3, ("simple", 9): 6e-3}
+    search.predicted |= {("better", b): 1.02 * t for (_, b), t in list(search.predicted.items())}
+    search.predicted |= {("xring", b): 3 * t for (s, b), t in list(search.predicted.items()) if s == "simple"}
+    probes = _refinement(search, 0.0)
+    assert [band for band, _ in probes] == [9, 5]  # 6 ms and 4 ms of 11 ms: past 80 %
+    assert all(sorted(specs) == ["better", "simple"] for _, specs in probes)
+    search.predicted |= {("better", b): 2 * search.predicted["simple", b] for b in (1, 5, 9)}
+    assert _refinement(search, 0.0) == []
+
+
+def test_candidates_across_workers_add_hierarchical_pairs_and_leave_out_collectives():
+    from allreduce.tuning.candidates import MAX_PAIRS, candidate_specs
+
+    workers = [f"/job:worker/replica:0/task:{t}/device:CPU:{i}" for t in range(2) for i in range(2)]
+    found = candidate_specs(workers, lambda s: None)
+    assert "pscpu/pscpu" in found and "collective" not in found and "nccl/xring" not in found
+    pairs = [s for s in found if "/" in s]
+    assert 1 <= len(pairs) <= MAX_PAIRS + 1
+    assert all(registry.get_algorithm(p.split("/")[0]).reducer for p in pairs)
+    assert "/" not in "".join(candidate_specs(CPUS, lambda s: None))
+    gpus = [f"/job:localhost/replica:0/task:0/device:GPU:{i}" for i in range(2)]
+    assert "nccl" in candidate_specs(gpus, lambda s: None)
+    assert "nccl" not in candidate_specs(gpus, lambda s: None, logical_split=True)
