@@ -95,7 +95,7 @@ def aggregate_gradients_using_copy_with_device_selection(
 def _spec_for(alg: str, num_shards: int) -> str:
     if alg == "auto":  # resolved per batch (allreduce.tuning.auto)
         return alg
-    if any(c in alg for c in ":#"):
+    if any(c in alg for c in ":#@"):
         return format_all_reduce_spec(parse_all_reduce_spec(alg))
     info = get_algorithm(alg)
     if num_shards > 1 and info.takes_shards:

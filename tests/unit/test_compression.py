@@ -300,3 +300,13 @@ def test_losses_below_float16_subnormals_add_up_over_every_rounding() -> None:
         error = np.abs(to_float64(out) - arrays.sum(axis=0))
         assert error[1] == 3 * 2.0**-17
         assert np.all(error <= limit)
+
+
+def test_compat_takes_a_spec_with_a_compression_per_range() -> None:
+    rng = np.random.default_rng(10)
+    grads = [[(make_tensor(rng.standard_normal(30), tf.float32, d), f"v{d}")] for d in CPUS[:3]]
+    kept, _ = allreduce.sum_gradients_all_reduce(
+        [], grads, 1, "xring@none", 1, [0, 1, 2], compression=BF16_EVERYWHERE
+    )
+    plain, _ = allreduce.sum_gradients_all_reduce([], grads, 1, "xring", 1, [0, 1, 2])
+    assert same_bits([t[0][0] for t in kept], [t[0][0] for t in plain])
