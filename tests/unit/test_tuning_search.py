@@ -174,3 +174,15 @@ def test_candidates_across_workers_add_hierarchical_pairs_and_leave_out_collecti
     gpus = [f"/job:localhost/replica:0/task:0/device:GPU:{i}" for i in range(2)]
     assert "nccl" in candidate_specs(gpus, lambda s: None)
     assert "nccl" not in candidate_specs(gpus, lambda s: None, logical_split=True)
+
+
+def test_every_band_switch_is_measured_once_more_before_it_is_decided():
+    from allreduce.tuning.search import _confirmations
+
+    search = Search(["simple", "xring"], [5, 9])
+    search.measured = {
+        (s, b): [1e-3 * (1 + 0.001 * i) for i in range(7)] for s in ("simple", "xring") for b in (5, 9)
+    }
+    assert _confirmations(search, 0.0) == []
+    search.measured["xring", 9] = [0.5e-3 * (1 + 0.001 * i) for i in range(7)]
+    assert _confirmations(search, 0.0) == [(9, ["simple", "xring"])]

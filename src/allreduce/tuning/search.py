@@ -8,7 +8,9 @@ the model (within its own error) says could beat the current base spec by
 :data:`~allreduce.tuning.decide.GAIN`, or could become the base, always side by side
 with the base. A candidate without a cost formula is measured wherever the budget
 allows. It stops when no cell could change the decision, or at ``max_cells`` measured
-cells, or at the deadline.
+cells, or at the deadline; then it measures again, side by side, the closest single
+specs on the heaviest bands and every band switch it would make, so that noise in one
+probe decides nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ REFINE_MARGIN = 0.05
 HEAVY_SHARE = 0.8
 #: How many times the refinement runs.
 REFINE_ROUNDS = 2
+#: The most band switches measured again before they are decided.
+MAX_CONFIRMATIONS = 3
 
 #: ``measure(band, specs) -> {spec: step seconds, or None when it cannot run}``.
 Measure = Callable[[int, Sequence[str]], Mapping[str, Sequence[float] | None]]
@@ -165,6 +169,15 @@ def _refinement(search: Search, overhead: float) -> list[tuple[int, list[str]]]:
     return heavy
 
 
+def _confirmations(search: Search, overhead: float) -> list[tuple[int, list[str]]]:
+    """Probes that measure each band switch the decision would make once more, side by
+    side with the base: a switch that noise made weakens as samples pool, a real one
+    holds."""
+    decision = decide(search.usable(), search.bands, search.measured, search.predicted, overhead=overhead)
+    switches = sorted((c for c in decision.bands if c.reason == "measured"), key=lambda c: -c.gain)
+    return [(c.band, [decision.base, c.spec]) for c in switches[:MAX_CONFIRMATIONS]]
+
+
 def _within(search: Search, band: int, specs: Sequence[str], max_cells: int) -> list[str]:
     """``specs`` that have not failed, without new cells beyond ``max_cells`` distinct ones."""
     kept, fresh = [], max_cells - search.cells
@@ -193,16 +206,18 @@ def run(
     change the decision, ``max_cells`` distinct cells were measured, or ``clock()``
     passes ``deadline``; refits the predictions after each probe. Then, within
     :data:`REFINE_ROUNDS` rounds and the deadline, measures the closest single specs
-    again on the heaviest bands (:func:`_refinement`)."""
+    again on the heaviest bands (:func:`_refinement`), and each band switch once more
+    (:func:`_confirmations`)."""
     search.predicted = predict(search.measured)
     spent: list[float] = []
     queue = _calibration(search)
-    refining = 0
+    stages = [_refinement] * REFINE_ROUNDS + [_confirmations]
+    exploring = True
     while True:
         probe = queue.pop(0) if queue else next_probe(search, overhead())
-        if probe is None and refining < REFINE_ROUNDS:
-            refining += 1
-            queue = _refinement(search, overhead())
+        while probe is None and stages:
+            exploring = False
+            queue = stages.pop(0)(search, overhead())
             probe = queue.pop(0) if queue else None
         if probe is None:
             break
@@ -210,7 +225,7 @@ def run(
         specs = _within(search, band, specs, max_cells)
         expected = statistics.median(spent) * len(specs) if spent else 0.0
         if len(specs) < 2 or clock() + expected > deadline:
-            if refining or not queue:
+            if not exploring or not queue:
                 logger.info("tuning stops: %d cells measured, %.1f s left", search.cells, deadline - clock())
                 break
             continue
