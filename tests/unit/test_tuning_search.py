@@ -184,5 +184,6 @@ def test_every_band_switch_is_measured_once_more_before_it_is_decided():
         (s, b): [1e-3 * (1 + 0.001 * i) for i in range(7)] for s in ("simple", "xring") for b in (5, 9)
     }
     assert _confirmations(search, 0.0) == []
+    search.measured["xring", 5] = [3e-3 * (1 + 0.001 * i) for i in range(7)]
     search.measured["xring", 9] = [0.5e-3 * (1 + 0.001 * i) for i in range(7)]
     assert _confirmations(search, 0.0) == [(9, ["simple", "xring"])]
