@@ -22,18 +22,24 @@ import importlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 
-from allreduce.devices import gather_candidates, group_by_worker, group_device_names, parse_device_name
+from allreduce.cost_steps import (
+    Piece,
+    aligned_split_sizes,
+    broadcast,
+    concat_each,
+    shares_memory,
+    split,
+    sum_on,
+)
+from allreduce.devices import gather_candidates, group_by_worker, group_device_names
 from allreduce.registry import CPU, AlgorithmInfo, get_algorithm
 from allreduce.schedules import halving_doubling_plan, ring_orders, split_sizes, torus_grid
-from allreduce.traffic import Round, Schedule
+from allreduce.traffic import Schedule
 
 __layer__ = "pure"
 
 __all__ = [
-    "ALIGN_BYTES",
-    "HOP_MIN_BYTES",
     "Job",
-    "aligned_split_sizes",
     "better",
     "formula",
     "halving_doubling",
@@ -46,11 +52,6 @@ __all__ = [
     "torus",
     "trivial",
 ]
-
-#: As :data:`allreduce.algorithms.base.ALIGN_BYTES`: splits into multiples of it copy nothing.
-ALIGN_BYTES = 64
-#: As :data:`allreduce.algorithms.base.HOP_MIN_BYTES`: larger CPU sums hand an input over first.
-HOP_MIN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -101,90 +102,6 @@ def schedule_of(job: Job) -> Schedule | None:
     if len(job.devices) < 2:
         return Schedule(root=job.devices[0] if job.devices else None)
     return fn(job)
-
-
-# -- helpers that mirror allreduce.algorithms.base ----------------------------------------
-
-
-def aligned_split_sizes(length: int, parts: int, itemsize: int) -> list[int]:
-    """As :func:`allreduce.algorithms.base.aligned_split_sizes`."""
-    granule = max(1, ALIGN_BYTES // itemsize)
-    if length % granule:
-        return split_sizes(length, parts)
-    return [granule * size for size in split_sizes(length // granule, parts)]
-
-
-def _split(r: Round, device: str, sizes: Sequence[int], itemsize: int) -> None:
-    """``split_on``: a view when every piece is a multiple of the alignment, else a copy."""
-    granule = max(1, ALIGN_BYTES // itemsize)
-    if len(sizes) > 1 and not (granule > 1 and all(s % granule == 0 for s in sizes)):
-        r.copy(device, sum(sizes) * itemsize)
-
-
-def _shares_memory(devices: Sequence[str]) -> bool:
-    parsed = [parse_device_name(d) for d in devices]
-    return all(p.device_type == CPU for p in parsed) and len({p.worker for p in parsed}) == 1
-
-
-def _other_cpu_of_worker(target: str, devices: Sequence[str]) -> str | None:
-    wanted = parse_device_name(target)
-    if wanted.device_type != CPU:
-        return None
-    for name in devices:
-        parsed = parse_device_name(name)
-        if parsed.device_type == CPU and parsed.worker == wanted.worker and parsed != wanted:
-            return name
-    return None
-
-
-def _sum_on(r: Round, after: Round, sources: Sequence[str], target: str, nbytes: int) -> None:
-    """``sum_on``: every value sent to ``target`` and summed there in one ``add_n``; a
-    large CPU sum first hands its own inputs to another CPU of the worker (``r``), and
-    takes them back in ``after``."""
-    hop = None
-    if len(sources) > 2 and nbytes >= HOP_MIN_BYTES:
-        hop = _other_cpu_of_worker(target, sources)
-    wanted = parse_device_name(target)
-    for src in sources:
-        if hop is not None and parse_device_name(src) == wanted:
-            r.hop(src, hop, nbytes)
-            after.hop(hop, target, nbytes)
-        else:
-            after.hop(src, target, nbytes)
-    after.add(target, len(sources), nbytes)
-
-
-Piece = tuple[str, int, Hashable]
-
-
-def _concat_each(s: Schedule, pieces: Sequence[Sequence[Piece]], devices: Sequence[str]) -> None:
-    """``concat_each`` in a new round: ``pieces[i]`` are ``(where, nbytes, value)`` joined
-    on ``devices[i]``; the first CPU of a worker joins once and its other CPUs take its
-    result. Sets ``s.results``."""
-    r = s.next()
-    if all(len(p) == 1 for p in pieces):
-        for (where, nbytes, value), device in zip((p[0] for p in pieces), devices):
-            r.hop(where, device, nbytes, value)
-            s.results[device] = value if where == device else ("open", s.uid, device)
-        return
-    first: dict[tuple[str, int, int], int] = {}
-    for i, device in enumerate(devices):
-        parsed = parse_device_name(device)
-        j = first.setdefault(parsed.worker, i) if parsed.device_type == CPU else i
-        total = sum(n for _, n, _ in pieces[i])
-        if j != i:
-            r.hop(devices[j], device, total, ("concat", s.uid, devices[j]))
-            s.results[device] = ("copy", s.uid, device)
-            continue
-        for where, nbytes, value in pieces[i]:
-            r.hop(where, device, nbytes, value)
-        r.copy(device, total)
-        s.results[device] = ("concat", s.uid, device)
-
-
-def _broadcast(r: Round, src: str, devices: Sequence[str], nbytes: int, value: Hashable = None) -> None:
-    for device in devices:
-        r.hop(src, device, nbytes, value)
 
 
 # -- the formulas ------------------------------------------------------------------------
@@ -246,8 +163,8 @@ def ring(job: Job) -> Schedule:
     ]
     s = Schedule()
     for d in devices:
-        _split(s.at(0), d, [size for _, _, size in chunks], b)
-    shared = _shares_memory(devices)
+        split(s.at(0), d, [size for _, _, size in chunks], b)
+    shared = shares_memory(devices)
     held: dict[tuple[int, int], list[Piece]] = {}
     for r, order in enumerate(ring_orders(n, job.shards)):
         mine = {c: size * b for ring_, c, size in chunks if ring_ == r}
@@ -261,7 +178,7 @@ def ring(job: Job) -> Schedule:
         for c, nbytes in mine.items():
             held[r, c] = [(devices[d], nbytes, gathered[d, c]) for d in range(n)]
     ordered = [held[r, c] for r, c, _ in chunks]
-    _concat_each(s, [[pieces[d] for pieces in ordered] for d in range(n)], devices)
+    concat_each(s, [[pieces[d] for pieces in ordered] for d in range(n)], devices)
     return s
 
 
@@ -294,16 +211,16 @@ def halving_doubling(job: Job) -> Schedule:
         r = s.next()
         for i in range(plan.core):
             lower, upper = sorted((after[i], after[i ^ d]))
-            _split(r, devices[i], [lower[1] - lower[0], upper[1] - upper[0]], b)
+            split(r, devices[i], [lower[1] - lower[0], upper[1] - upper[0]], b)
             nbytes = (after[i][1] - after[i][0]) * b
             r.hop(devices[i ^ d], devices[i], nbytes)
             r.add(devices[i], 2, nbytes)
         held = after
     core = devices[: plan.core]
-    if _shares_memory(core):
+    if shares_memory(core):
         ordered = sorted(range(plan.core), key=lambda i: held[i])
         pieces = [(devices[i], (held[i][1] - held[i][0]) * b, ("half", s.uid, i)) for i in ordered]
-        _concat_each(s, [pieces] * plan.core, core)
+        concat_each(s, [pieces] * plan.core, core)
     else:
         sizes = [(stop - start) * b for start, stop in held]
         values: list[Hashable] = [("half", s.uid, i) for i in range(plan.core)]
@@ -335,12 +252,12 @@ def shuffle(job: Job) -> Schedule:
     kept = [i for i, size in enumerate(sizes) if size]
     s = Schedule()
     for d in devices:
-        _split(s.at(0), d, [sizes[i] for i in kept], b)
+        split(s.at(0), d, [sizes[i] for i in kept], b)
     for i in kept:
-        _sum_on(s.at(0), s.at(1), devices, group[i], sizes[i] * b)
+        sum_on(s.at(0), s.at(1), devices, group[i], sizes[i] * b)
     where = [(group[i], sizes[i] * b, ("sum", s.uid, i)) for i in kept]
     if not job.reduce_only:
-        _concat_each(s, [where] * len(devices), devices)
+        concat_each(s, [where] * len(devices), devices)
         return s
     s.root = where[0][0]
     if len(where) > 1:
@@ -353,9 +270,9 @@ def shuffle(job: Job) -> Schedule:
 
 def _one_sum(job: Job, target: str) -> Schedule:
     s = Schedule(root=target)
-    _sum_on(s.at(0), s.at(1), job.devices, target, job.nbytes)
+    sum_on(s.at(0), s.at(1), job.devices, target, job.nbytes)
     if not job.reduce_only:
-        _broadcast(s.next(), target, job.devices, job.nbytes, ("sum", s.uid))
+        broadcast(s.next(), target, job.devices, job.nbytes, ("sum", s.uid))
     return s
 
 
@@ -385,7 +302,7 @@ def torus(job: Job) -> Schedule:
     kept = {c: sizes[c] * b for c in range(columns) if sizes[c]}
     s = Schedule()
     for d in devices:
-        _split(s.at(0), d, [sizes[c] for c in kept], b)
+        split(s.at(0), d, [sizes[c] for c in kept], b)
     order = list(range(columns))
     owners: dict[int, int] = {}
     for row in grid:
@@ -405,7 +322,7 @@ def torus(job: Job) -> Schedule:
         chunks = {c: (nbytes, values[k, c]) for c, nbytes in kept.items()}
         gathered = _ring_all_gather(s, start, [devices[i] for i in row], order, chunks)
         pieces += [[(devices[i], n, gathered[p, c]) for c, n in kept.items()] for p, i in enumerate(row)]
-    _concat_each(s, pieces, devices)
+    concat_each(s, pieces, devices)
     return s
 
 
@@ -430,5 +347,5 @@ def hierarchical(job: Job) -> Schedule:
     r = s.next()
     for group, root, part in zip(groups, roots, parts):
         value = part.results.get(root) if len(groups) == 1 else None
-        _broadcast(r, root, [devices[i] for i in group], job.nbytes, value)
+        broadcast(r, root, [devices[i] for i in group], job.nbytes, value)
     return s

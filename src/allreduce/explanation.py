@@ -169,33 +169,15 @@ def explain(
         ValueError: a malformed spec, no devices, a size below 0, an unsupported dtype,
             or an algorithm that cannot run on these devices.
     """
-    from allreduce.registry import get_algorithm
-    from allreduce.tuning.auto import cached_model, resolve_with_reason
-    from allreduce.tuning.tuner import check_dtype
+    from allreduce.bench.cases import DTYPE_SIZES
+    from allreduce.tuning.auto import cached_model
 
-    check_sequence("devices", devices, "device names")
-    if not devices:
-        raise ValueError("devices is empty: explain needs the devices the all-reduce runs on")
-    names = check_device_names(devices, len(devices), "device")
-    check_sequence("sizes", sizes, "element counts")
-    counts = [check_int(f"sizes[{i}]", s, minimum=0) for i, s in enumerate(sizes)]
-    dtype_name = check_dtype(dtype)
-    check_int("pack_max_bytes", pack_max_bytes, minimum=0)
-    note = ""
-    if isinstance(spec, str) and spec == "auto":
-        resolved, reason = resolve_with_reason(names, [max(c, 1) for c in counts], dtype_name, cache_dir)
-        spec, note = resolved, f"'auto': {reason}"
-    tuples = check_spec(spec)
-    for item in tuples:
-        problem = get_algorithm(item.alg).problem(names, item.shards, worker_groups)
-        if problem is not None:
-            raise ValueError(problem)
+    names, counts, dtype_name = _check(devices, sizes, dtype, pack_max_bytes)
+    tuples, note = _spec(spec, names, counts, dtype_name, worker_groups, cache_dir)
     if model is None:
         model, source = cached_model(names, dtype_name, [max(c, 1) for c in counts] or [1], cache_dir)
     else:
         source = f"fitted on {model.samples} samples" if model.fitted else "default parameters"
-    from allreduce.bench.cases import DTYPE_SIZES
-
     costs = bucket_costs(
         tuples,
         names,
@@ -211,3 +193,40 @@ def explain(
     return Explanation(
         format_all_reduce_spec(tuples), tuple(names), dtype_name, rows, overhead, total, source, note
     )
+
+
+def _check(devices: Any, sizes: Any, dtype: Any, pack_max_bytes: Any) -> tuple[list[str], list[int], str]:
+    from allreduce.tuning.tuner import check_dtype
+
+    check_sequence("devices", devices, "device names")
+    if not devices:
+        raise ValueError("devices is empty: explain needs the devices the all-reduce runs on")
+    names = check_device_names(devices, len(devices), "device")
+    check_sequence("sizes", sizes, "element counts")
+    counts = [check_int(f"sizes[{i}]", s, minimum=0) for i, s in enumerate(sizes)]
+    check_int("pack_max_bytes", pack_max_bytes, minimum=0)
+    return names, counts, check_dtype(dtype)
+
+
+def _spec(
+    spec: Any,
+    names: list[str],
+    counts: list[int],
+    dtype: str,
+    worker_groups: Sequence[Sequence[int]] | None,
+    cache_dir: str | os.PathLike[str] | None,
+) -> tuple[list[AllReduceSpecTuple], str]:
+    """The spec tuples (``"auto"`` resolved, with a note saying how), checked against the devices."""
+    from allreduce.registry import get_algorithm
+    from allreduce.tuning.auto import resolve_with_reason
+
+    note = ""
+    if isinstance(spec, str) and spec == "auto":
+        spec, reason = resolve_with_reason(names, [max(c, 1) for c in counts] or [1], dtype, cache_dir)
+        note = f"'auto': {reason}"
+    tuples = check_spec(spec)
+    for item in tuples:
+        problem = get_algorithm(item.alg).problem(names, item.shards, worker_groups)
+        if problem is not None:
+            raise ValueError(problem)
+    return tuples, note

@@ -280,3 +280,14 @@ def test_a_shuffle_reducer_moves_what_its_graph_moves(shards, kind):
 def test_the_baseline_moves_nothing():
     schedule = schedule_of(Job(get_algorithm("trivial"), tuple(names("GPU", 1, 4)), 1000, 4))
     assert schedule.rounds == [] and features(schedule) == {}
+
+
+@given(length=st.integers(0, 100_000), parts=st.integers(1, 9), itemsize=st.sampled_from([1, 2, 4, 8]))
+def test_the_formulas_cut_tensors_as_the_builders_do(length, parts, itemsize):
+    from allreduce import cost_steps
+    from allreduce.algorithms import base
+
+    assert (cost_steps.ALIGN_BYTES, cost_steps.HOP_MIN_BYTES) == (base.ALIGN_BYTES, base.HOP_MIN_BYTES)
+    assert cost_steps.aligned_split_sizes(length, parts, itemsize) == base.aligned_split_sizes(
+        length, parts, itemsize
+    )

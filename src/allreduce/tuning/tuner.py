@@ -154,56 +154,74 @@ def _tune(
     measure: MeasureFn | None,
 ) -> dict[str, Any]:
     started = time.monotonic()
-    deadline = started + budget
+    split = False
     if measure is None:
         from allreduce.tuning.measure import Measurer, logically_split
 
         split = logically_split(devices)
         measure = Measurer(devices, dtype)
-    else:
-        split = False
     work = Workload(devices, sizes, DTYPE_SIZES[dtype])
-    candidates = [s for s in specs if _runs(s, devices)] or (
-        [] if specs else candidate_specs(devices, lambda s: work.predict(DEFAULT, s), logical_split=split)
-    )
-    if not candidates:
-        raise ValueError(f"no spec that reduces runs on {devices} (of {specs or 'the registry'})")
-    bands = list(work.bands)
-    state = {"model": DEFAULT}
-
-    def predict(measured: Mapping[tuple[str, int], Sequence[float]]) -> dict[tuple[str, int], float | None]:
-        samples = [Sample(s, tuple(work.bands[b]), _median(v)) for (s, b), v in measured.items()]
-        if samples:
-            # A ValueError: only algorithms without formulas were measured so far.
-            with contextlib.suppress(ValueError):
-                state["model"] = fit(samples, devices, work.itemsize, prior=DEFAULT)
-        return work.predictions(state["model"], candidates)
-
-    search = Search(list(candidates), bands)
-    max_cells = max(1, int(MAX_SHARE * len(candidates) * len(bands)))
+    candidates = _candidates(work, specs, split)
+    fitting = _Fitting(work, candidates)
+    search = Search(list(candidates), list(work.bands))
     run(
         search,
         lambda band, chosen: measure(work.bands[band], chosen),
-        predict,
-        max_cells=max_cells,
-        deadline=deadline,
-        overhead=lambda: state["model"].overhead(devices, 0),
+        fitting.predict,
+        max_cells=max(1, int(MAX_SHARE * len(candidates) * len(work.bands))),
+        deadline=started + budget,
+        overhead=lambda: fitting.model.overhead(devices, 0),
     )
-    model: Model = state["model"]
+    model = fitting.model
     # Equal estimates go to the spec the fitted model predicts faster on the whole workload.
     preferred = sorted(search.usable(), key=lambda s: _sort_key(work.predict(model, s)))
     overhead = model.overhead(devices, 0)
-    decision = decide(preferred, bands, search.measured, search.predicted, overhead=overhead)
+    decision = decide(preferred, list(work.bands), search.measured, search.predicted, overhead=overhead)
     elapsed = time.monotonic() - started
     logger.info(
         "tune: %r (base %s) from %d of %d cells in %.1f s",
         decision.spec,
         decision.base,
         search.cells,
-        len(candidates) * len(bands),
+        len(candidates) * len(work.bands),
         elapsed,
     )
     return _entry(decision, search, work, model, budget, elapsed, len(group_by_worker(devices)))
+
+
+def _candidates(work: Workload, specs: list[str], split: bool) -> list[str]:
+    """The given specs that run here, else the registry's candidates.
+
+    Raises:
+        ValueError: none runs here.
+    """
+    devices = list(work.devices)
+    if specs:
+        candidates = [s for s in specs if _runs(s, devices)]
+    else:
+        candidates = candidate_specs(devices, lambda s: work.predict(DEFAULT, s), logical_split=split)
+    if not candidates:
+        raise ValueError(f"no spec that reduces runs on {devices} (of {specs or 'the registry'})")
+    return candidates
+
+
+class _Fitting:
+    """The model refitted on every measurement, and its predictions of every cell."""
+
+    def __init__(self, work: Workload, candidates: Sequence[str]) -> None:
+        self.work = work
+        self.candidates = list(candidates)
+        self.model: Model = DEFAULT
+
+    def predict(
+        self, measured: Mapping[tuple[str, int], Sequence[float]]
+    ) -> dict[tuple[str, int], float | None]:
+        samples = [Sample(s, tuple(self.work.bands[b]), _median(v)) for (s, b), v in measured.items()]
+        if samples:
+            # A ValueError: only algorithms without formulas were measured so far.
+            with contextlib.suppress(ValueError):
+                self.model = fit(samples, self.work.devices, self.work.itemsize, prior=DEFAULT)
+        return self.work.predictions(self.model, self.candidates)
 
 
 def _runs(spec: str, devices: Sequence[str]) -> bool:
@@ -229,26 +247,17 @@ def _median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def _entry(
-    decision: Decision,
-    search: Search,
-    work: Workload,
-    model: Model,
-    budget: float,
-    elapsed: float,
-    workers: int,
-) -> dict[str, Any]:
+def _bands(decision: Decision, search: Search, work: Workload) -> list[dict[str, Any]]:
+    """Each band's choice, and every candidate's measured and predicted seconds there."""
     bands = []
     for choice in decision.bands:
-        cells = {
-            spec: {
-                "measured_s": _median(search.measured[spec, choice.band])
-                if (spec, choice.band) in search.measured
-                else None,
+        cells = {}
+        for spec in search.candidates:
+            samples = search.measured.get((spec, choice.band))
+            cells[spec] = {
+                "measured_s": _median(samples) if samples else None,
                 "predicted_s": search.predicted.get((spec, choice.band)),
             }
-            for spec in search.candidates
-        }
         bands.append(
             {
                 "band": choice.band,
@@ -260,12 +269,24 @@ def _entry(
                 "cells": cells,
             }
         )
+    return bands
+
+
+def _entry(
+    decision: Decision,
+    search: Search,
+    work: Workload,
+    model: Model,
+    budget: float,
+    elapsed: float,
+    workers: int,
+) -> dict[str, Any]:
     return {
         "spec": decision.spec,
         "base": decision.base,
         "candidates": search.candidates,
         "failed": search.failed,
-        "bands": bands,
+        "bands": _bands(decision, search, work),
         "totals_s": decision.totals,
         "model": model.to_json(),
         "samples": [
@@ -273,6 +294,7 @@ def _entry(
             for (spec, band), samples in search.measured.items()
         ],
         "cells": search.cells,
+        "measurements": search.measurements,
         "exhaustive_cells": len(search.candidates) * len(search.bands),
         "probes": search.probes,
         "workers": workers,
