@@ -207,7 +207,9 @@ def _critical_bytes(hops: Sequence[Hop]) -> dict[str, int]:
 def features(schedule: Schedule) -> dict[str, float]:
     """The model's terms of ``schedule`` (see the module docstring); absent terms are 0.
 
-    Keys: ``alpha:<link>``, ``beta:<link>``, ``gamma:<device>``, ``memory:<device>``, ``ops``.
+    Keys: ``alpha:<link>``, ``beta:<link>``, ``volume:<link>`` (bytes over all hops of
+    that class: links whose ends share processors pay for every byte, both ways),
+    ``gamma:<device>``, ``memory:<device>``, ``ops``.
     """
     out: dict[str, float] = defaultdict(float)
     for r, hops in zip(schedule.rounds, schedule.moves()):
@@ -215,6 +217,8 @@ def features(schedule: Schedule) -> dict[str, float]:
             out[f"alpha:{kind}"] += 1
         for kind, nbytes in _critical_bytes(hops).items():
             out[f"beta:{kind}"] += nbytes
+        for h in hops:
+            out[f"volume:{link_class(h.src, h.dst)}"] += h.nbytes
         reduced: dict[str, int] = defaultdict(int)
         for a in r.adds:
             reduced[a.device] += (a.inputs - 1) * a.nbytes

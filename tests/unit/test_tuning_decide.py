@@ -129,3 +129,18 @@ def test_a_preferred_spec_beyond_the_tie_only_by_noise_stays_the_base():
     assert decide(["pscpu", "simple"], bands, measured, {}).base == "pscpu"  # noisy: may be equal
     measured |= {("pscpu", b): noisy(1.12e-3, 0.01, 20 + b) for b in bands}
     assert decide(["pscpu", "simple"], bands, measured, {}).base == "simple"  # surely 12 % slower
+
+
+def test_a_measured_difference_where_the_model_sees_none_is_noise():
+    from allreduce.tuning.decide import Doubt
+
+    bands = [3, 11]
+    measured = {(s, b): noisy(t, 0.01, b) for s, b, t in [("simple", 3, 30e-3), ("simple", 11, 50e-3)]}
+    measured["pscpu", 3] = noisy(20e-3, 0.01, 7)  # 10 ms less, on a band of passing tensors
+    predicted = {("simple", 3): 30e-3, ("pscpu", 3): 30e-3, ("simple", 11): 50e-3, ("pscpu", 11): 60e-3}
+    common = {3: 29e-3, 11: 5e-3}  # band 3 is all passing tensors: nothing to win there
+    assert decide(["simple", "pscpu"], bands, measured, predicted).spec == "pscpu:64:simple"
+    doubt = Doubt(error=0.2, common=common)
+    assert decide(["simple", "pscpu"], bands, measured, predicted, doubt=doubt).spec == "simple"
+    assert doubt.possible("simple", "pscpu", 11, predicted, 80e-3)  # 20 % of 100 ms of own time
+    assert doubt.possible("simple", "rechd", 3, predicted, 80e-3)  # no prediction: measuring decides

@@ -9,8 +9,9 @@ The rules decide only on real differences:
   such spec is that close;
 * a band switches from the base to another algorithm only when both were measured there
   side by side, the other's median is at least :data:`GAIN` lower, the time it saves is
-  at least :data:`STEP_GAIN` of the whole step, and a bootstrap interval of the ratio
-  of medians (:func:`ratio_interval`) lies below 1;
+  at least :data:`STEP_GAIN` of the whole step, a bootstrap interval of the ratio of
+  medians (:func:`ratio_interval`) lies below 1, and the model, within its error, says
+  such a saving is possible there (:class:`Doubt`);
 * neighbouring bands with the same choice merge into one range; bands without tensors
   join their neighbours.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from allreduce.spec import AllReduceSpecTuple, format_all_reduce_spec, parse_all_reduce_spec
@@ -32,6 +33,7 @@ __all__ = [
     "STEP_GAIN",
     "TIE",
     "BandChoice",
+    "Doubt",
     "Decision",
     "compose",
     "decide",
@@ -142,7 +144,31 @@ def _base(candidates: Sequence[str], found: Mapping[str, float], measured_on: Se
     return next((c for c in close if c in measured_on), close[0])
 
 
-def _switch(base: str, band: int, candidates: Sequence[str], measured: Cells, step: float) -> BandChoice:
+class Doubt(NamedTuple):
+    """What the model leaves uncertain: its relative ``error`` on the part of each band's
+    probe an algorithm changes (``common[band]``: the seconds no algorithm changes)."""
+
+    error: float
+    common: Mapping[int, float]
+
+    def possible(self, base: str, spec: str, band: int, predicted: Predictions, step: float) -> bool:
+        """Whether the model, within its error, lets ``spec`` save :data:`STEP_GAIN` of
+        the step over ``base`` on ``band`` (always, where either has no prediction)."""
+        mine, theirs = predicted.get((base, band)), predicted.get((spec, band))
+        if mine is None or theirs is None:
+            return True
+        own = max(theirs - self.common.get(band, 0.0), 0.0) + max(mine - self.common.get(band, 0.0), 0.0)
+        return mine - theirs + self.error * own >= STEP_GAIN * step
+
+
+def _switch(
+    base: str,
+    band: int,
+    candidates: Sequence[str],
+    measured: Cells,
+    step: float,
+    check: Callable[[str], bool] = lambda spec: True,
+) -> BandChoice:
     mine = measured.get((base, band))
     if not mine:
         return BandChoice(band, base, "no data")
@@ -153,7 +179,9 @@ def _switch(base: str, band: int, candidates: Sequence[str], measured: Cells, st
             continue
         saved = statistics.median(mine) - statistics.median(theirs)
         gain = saved / statistics.median(mine)
-        if gain < GAIN or saved < STEP_GAIN * step or ratio_interval(theirs, mine, seed=band)[1] >= 1:
+        if gain < GAIN or saved < STEP_GAIN * step or not check(spec):
+            continue
+        if ratio_interval(theirs, mine, seed=band)[1] >= 1:
             continue
         if best is None or gain > best.gain:
             best = BandChoice(band, spec, "measured", gain)
@@ -186,10 +214,13 @@ def decide(
     predicted: Predictions,
     *,
     overhead: float = 0.0,
+    doubt: Doubt | None = None,
 ) -> Decision:
     """The spec for a workload of ``bands`` from ``measured`` samples and ``predicted``
     seconds per ``(spec, band)`` (see the module docstring); ``candidates`` are single
-    specs in order of preference.
+    specs in order of preference. With ``doubt``, a band switches only where the model,
+    within its error, says it could pay (:meth:`Doubt.possible`): on bands where every
+    algorithm is predicted alike, a measured difference is noise.
 
     Raises:
         ValueError: no candidate has an estimate for every band.
@@ -208,7 +239,13 @@ def decide(
         and total_ratio_low(c, fastest, bands, measured, predicted, overhead) <= 1 + TIE
     }
     base = _base(candidates, {**found, **equal}, [c for c in candidates if measured.get((c, heaviest))])
-    choices = [_switch(base, band, candidates, measured, found[base]) for band in sorted(bands)]
+    choices = []
+    for band in sorted(bands):
+
+        def check(spec: str, band: int = band) -> bool:
+            return doubt is None or doubt.possible(base, spec, band, predicted, found[base])
+
+        choices.append(_switch(base, band, candidates, measured, found[base], check))
     return Decision(compose(choices), base, choices, found)
 
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from allreduce.tuning.decide import GAIN, TIE, decide, estimate
+from allreduce.tuning.decide import GAIN, STEP_GAIN, TIE, Decision, Doubt, decide, estimate, totals
 
 __layer__ = "pure"
 
@@ -57,6 +57,7 @@ class Search:
     measured: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     predicted: Mapping[tuple[str, int], float | None] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    common: Mapping[int, float] = field(default_factory=dict)
     seen: set[tuple[str, int]] = field(default_factory=set)
     measurements: int = 0
     probes: int = 0
@@ -78,6 +79,13 @@ class Search:
                 actual = statistics.median(samples)
                 errors.append(abs(guess - actual) / actual)
         return max(MIN_ERROR, statistics.median(errors)) if errors else 0.5
+
+    def decide(self, overhead: float) -> Decision:
+        """The decision the measurements and predictions so far make."""
+        doubt = Doubt(self.model_error(), self.common)
+        return decide(
+            self.usable(), self.bands, self.measured, self.predicted, overhead=overhead, doubt=doubt
+        )
 
     def record(self, band: int, results: Mapping[str, Sequence[float] | None]) -> None:
         for spec, samples in results.items():
@@ -106,11 +114,17 @@ def _calibration(search: Search) -> list[tuple[int, list[str]]]:
 
 
 def _scores(search: Search, base: str, error: float) -> dict[tuple[str, int], float]:
-    """How much measuring each unmeasured cell could change the decision, weighted by
-    the band's share of the step."""
+    """How much of the step measuring each unmeasured cell could save: its predicted
+    saving over the base plus the model's error on its own part of the band (the time
+    no algorithm changes, ``search.common``, is not uncertain), kept where that could
+    reach :data:`~allreduce.tuning.decide.GAIN` of the band and ``STEP_GAIN`` of the step.
+    Single specs that could undercut the base on the whole workload score by that error
+    alone, so that the heaviest bands are measured first."""
     usable = search.usable()
     base_parts = {b: estimate(base, b, search.measured, search.predicted) or 0.0 for b in search.bands}
     step = sum(base_parts.values()) or 1.0
+    decision_totals = totals(usable, search.bands, search.measured, search.predicted, 0.0)
+    challengers = _challengers(search, base, error, decision_totals) if base in decision_totals else set()
     found = {}
     for band in search.bands:
         mine = base_parts[band]
@@ -118,27 +132,28 @@ def _scores(search: Search, base: str, error: float) -> dict[tuple[str, int], fl
             if spec == base or (spec, band) in search.measured:
                 continue
             theirs = search.predicted.get((spec, band))
-            gain = 1.0 if theirs is None else 1 - theirs / mine if mine else 0.0
-            if gain + error > GAIN:
-                found[spec, band] = (gain + error) * mine / step
+            if theirs is None:
+                found[spec, band] = mine / step
+                continue
+            doubt = error * max(theirs - search.common.get(band, 0.0), 0.0)
+            saving = mine - theirs + doubt
+            if saving >= max(GAIN * mine, STEP_GAIN * step):
+                found[spec, band] = saving / step
+            elif spec in challengers and doubt > 0:
+                found[spec, band] = doubt / step / len(search.bands)
     return found
 
 
-def _challengers(search: Search, base: str, error: float, totals: Mapping[str, float]) -> set[str]:
+def _challengers(search: Search, base: str, error: float, found: Mapping[str, float]) -> set[str]:
     """Single specs whose workload estimate could, within the model's error, undercut the base."""
-    limit = totals[base] * (1 + TIE + error)
-    return {s for s, t in totals.items() if s != base and t <= limit}
+    limit = found[base] * (1 + TIE + error)
+    return {s for s, t in found.items() if s != base and t <= limit}
 
 
 def next_probe(search: Search, overhead: float) -> tuple[int, list[str]] | None:
     """The next band to measure and the specs to measure on it (the base first), or ``None``."""
-    decision = decide(search.usable(), search.bands, search.measured, search.predicted, overhead=overhead)
-    error = search.model_error()
-    scores = _scores(search, decision.base, error)
-    for spec in _challengers(search, decision.base, error, decision.totals):
-        for band in search.bands:
-            if (spec, band) not in search.measured:
-                scores[spec, band] = max(scores.get((spec, band), 0.0), 1e-9)
+    decision = search.decide(overhead)
+    scores = _scores(search, decision.base, search.model_error())
     if not scores:
         return None
     by_band: dict[int, list[tuple[float, str]]] = {}
@@ -153,7 +168,7 @@ def _refinement(search: Search, overhead: float) -> list[tuple[int, list[str]]]:
     """Probes that measure again, side by side, the single specs whose workload estimates
     lie within :data:`REFINE_MARGIN` of the best, on the bands that make up most of the
     step: noise there is what could still change the base."""
-    decision = decide(search.usable(), search.bands, search.measured, search.predicted, overhead=overhead)
+    decision = search.decide(overhead)
     best = min(decision.totals.values())
     close = sorted((t, s) for s, t in decision.totals.items() if t <= best * (1 + TIE + REFINE_MARGIN))
     contenders = [s for _, s in close][: PER_PROBE + 1]
@@ -173,7 +188,7 @@ def _confirmations(search: Search, overhead: float) -> list[tuple[int, list[str]
     """Probes that measure each band switch the decision would make once more, side by
     side with the base: a switch that noise made weakens as samples pool, a real one
     holds."""
-    decision = decide(search.usable(), search.bands, search.measured, search.predicted, overhead=overhead)
+    decision = search.decide(overhead)
     switches = sorted((c for c in decision.bands if c.reason == "measured"), key=lambda c: -c.gain)
     return [(c.band, [decision.base, c.spec]) for c in switches[:MAX_CONFIRMATIONS]]
 
@@ -200,15 +215,18 @@ def run(
     max_cells: int,
     deadline: float,
     overhead: Callable[[], float],
+    common: Callable[[int], float] = lambda band: 0.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> Search:
     """Measures probes (calibration first, then :func:`next_probe`) until nothing could
     change the decision, ``max_cells`` distinct cells were measured, or ``clock()``
-    passes ``deadline``; refits the predictions after each probe. Then, within
+    passes ``deadline``; refits the predictions (and ``common(band)``, the seconds of a
+    band's probe no algorithm changes) after each probe. Then, within
     :data:`REFINE_ROUNDS` rounds and the deadline, measures the closest single specs
     again on the heaviest bands (:func:`_refinement`), and each band switch once more
     (:func:`_confirmations`)."""
     search.predicted = predict(search.measured)
+    search.common = {b: common(b) for b in search.bands}
     spent: list[float] = []
     queue = _calibration(search)
     stages = [_refinement] * REFINE_ROUNDS + [_confirmations]
@@ -233,4 +251,5 @@ def run(
         search.record(band, measure(band, specs))
         spent.append((clock() - started) / max(len(specs), 1))
         search.predicted = predict(search.measured)
+        search.common = {b: common(b) for b in search.bands}
     return search

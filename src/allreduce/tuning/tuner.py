@@ -23,7 +23,7 @@ from allreduce.devices import group_by_worker
 from allreduce.tuning import cache
 from allreduce.tuning.bands import band_limit
 from allreduce.tuning.candidates import candidate_specs
-from allreduce.tuning.decide import Decision, decide
+from allreduce.tuning.decide import Decision, Doubt, decide
 from allreduce.tuning.search import Search, run
 from allreduce.tuning.workload import Workload
 from allreduce.validation import check_device_names, check_int, check_seconds, check_sequence
@@ -171,12 +171,16 @@ def _tune(
         max_cells=max(1, int(MAX_SHARE * len(candidates) * len(work.bands))),
         deadline=started + budget,
         overhead=lambda: fitting.model.overhead(devices, 0),
+        common=lambda band: fitting.model.overhead(devices, len(work.bands[band])),
     )
     model = fitting.model
     # Equal estimates go to the spec the fitted model predicts faster on the whole workload.
     preferred = sorted(search.usable(), key=lambda s: _sort_key(work.predict(model, s)))
     overhead = model.overhead(devices, 0)
-    decision = decide(preferred, list(work.bands), search.measured, search.predicted, overhead=overhead)
+    doubt = Doubt(search.model_error(), search.common)
+    decision = decide(
+        preferred, list(work.bands), search.measured, search.predicted, overhead=overhead, doubt=doubt
+    )
     elapsed = time.monotonic() - started
     logger.info(
         "tune: %r (base %s) from %d of %d cells in %.1f s",
