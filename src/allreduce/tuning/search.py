@@ -2,8 +2,8 @@
 
 A cell is one candidate spec on one size band (a probe: the workload's tensors of that
 band, all-reduced in one step). The search starts from the prior model's predictions,
-measures the likeliest winners on the smallest and the largest band to calibrate, refits
-the model after every probe, and then measures, band by band, only the candidates that
+measures the likeliest winners on the smallest, middle and largest band to calibrate,
+refits the model after every probe, and then measures, band by band, only candidates that
 the model (within its own error) says could beat the current base spec by
 :data:`~allreduce.tuning.decide.GAIN`, or could become the base, always side by side
 with the base. A candidate without a cost formula is measured wherever the budget
@@ -99,17 +99,22 @@ class Search:
 
 
 def _calibration(search: Search) -> list[tuple[int, list[str]]]:
-    """The first probes: the prior's likeliest winners on the smallest and largest band,
-    and every candidate without a formula (only measuring can rank those)."""
-    ends = sorted({search.bands[0], search.bands[-1]})
+    """The first probes: the prior's likeliest winners on the smallest and largest band
+    (with every candidate without a formula: only measuring can rank those), and its two
+    likeliest on the middle band, so that the first fit sees every regime of sizes."""
+    bands = search.bands
     probes = []
-    for band in ends:
+    for band, count in ((bands[0], PER_PROBE + 1), (bands[-1], PER_PROBE + 1), (bands[len(bands) // 2], 2)):
+        if any(band == b for b, _ in probes):
+            continue
         ranked = sorted(
             (c for c in search.usable() if search.predicted.get((c, band)) is not None),
             key=lambda c: search.predicted[c, band],  # type: ignore[return-value,index]
         )
         unknown = [c for c in search.usable() if search.predicted.get((c, band)) is None]
-        probes.append((band, unknown + ranked[: max(2, PER_PROBE + 1 - len(unknown))]))
+        if count < PER_PROBE + 1:
+            unknown = []
+        probes.append((band, unknown + ranked[: max(2, count - len(unknown))]))
     return probes
 
 
