@@ -18,7 +18,6 @@ from allreduce.compression import wire_for
 from allreduce.devices import group_by_worker
 from allreduce.packing import pack_small_tensors, validate_tower_grads
 from allreduce.registry import get_algorithm
-from allreduce.spec import format_all_reduce_spec, parse_all_reduce_spec
 from allreduce.validation import check_int
 from allreduce.wire import Wire
 
@@ -93,10 +92,9 @@ def aggregate_gradients_using_copy_with_device_selection(
 
 
 def _spec_for(alg: str, num_shards: int) -> str:
-    if alg == "auto":  # resolved per batch (allreduce.tuning.auto)
+    """``alg`` as a spec: a whole spec or ``"auto"`` as it is, a bare name with the seed's shard count."""
+    if alg == "auto" or any(c in alg for c in ":#@"):
         return alg
-    if any(c in alg for c in ":#@"):
-        return format_all_reduce_spec(parse_all_reduce_spec(alg))
     info = get_algorithm(alg)
     if num_shards > 1 and info.takes_shards:
         return f"{alg}#{num_shards}"
