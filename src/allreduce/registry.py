@@ -19,10 +19,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
+from allreduce import roundings
 from allreduce.devices import gather_candidates, group_by_worker, parse_device_name
-from allreduce.schedules import torus_rows
+from allreduce.roundings import Roundings, RoundingsRule
 
 __layer__ = "pure"
 
@@ -49,20 +50,6 @@ SHARDS_ANY = "any"
 SHARDS_GATHER = "gather"
 #: ``#k`` must divide the device count; ``#1`` (or no ``#k``) lets the algorithm choose.
 SHARDS_DIVIDE = "divides"
-
-
-class Roundings(NamedTuple):
-    """The roundings on the longest path from one input to a result (see
-    :mod:`allreduce.accuracy`): ``wire``, to the wire type where a compressing wire
-    crosses a hop (counting every hop that goes through the wire); ``adds``, of
-    additions in the values' own dtype."""
-
-    wire: int
-    adds: int
-
-
-#: What ``roundings`` and ``reducer_roundings`` of an entry are: ``(n, shards) -> Roundings``.
-RoundingsRule = Callable[[int, int], Roundings]
 
 
 @dataclass(frozen=True)
@@ -270,52 +257,6 @@ def algorithm_names(*, hierarchical: bool = False) -> list[str]:
     return names
 
 
-# -- roundings on the longest path (n >= 2 inputs) -------------------------------------------
-
-
-def _ring_roundings(n: int, shards: int) -> Roundings:
-    # A chunk's first piece is received and added at each of the n - 1 steps, then published.
-    del shards
-    return Roundings(wire=n, adds=n - 1)
-
-
-def _halving_doubling_roundings(n: int, shards: int) -> Roundings:
-    # A fold into the power-of-two core, one received half per halving round, the publish.
-    del shards
-    core = 1 << (n.bit_length() - 1)
-    steps = (n > core) + core.bit_length() - 1
-    return Roundings(wire=steps + 1, adds=steps)
-
-
-def _gather_roundings(n: int, shards: int) -> Roundings:
-    # Each input is received where its shard is summed (one add_n), the sum published.
-    del shards
-    return Roundings(wire=2, adds=n - 1)
-
-
-def _gather_reducer_roundings(n: int, shards: int) -> Roundings:
-    # The shards' sums are received on the first gather device when there are several.
-    return Roundings(wire=1 + (shards > 1), adds=n - 1)
-
-
-def _sum_reducer_roundings(n: int, shards: int) -> Roundings:
-    del shards
-    return Roundings(wire=1, adds=n - 1)
-
-
-def _torus_roundings(n: int, shards: int) -> Roundings:
-    # A row's reduce-scatter (c - 1 steps), a ring down the column (r - 1 steps), one publish.
-    rows = torus_rows(n, shards)
-    columns = n // rows
-    return Roundings(wire=columns + rows - 1, adds=columns + rows - 2)
-
-
-def _native_roundings(n: int, shards: int) -> Roundings:
-    # Summed inside one kernel (NCCL, collectives): no hop goes through the wire.
-    del shards
-    return Roundings(wire=0, adds=n - 1)
-
-
 _BOTH = frozenset({CPU, GPU})
 _GPU_ONLY = frozenset({GPU})
 
@@ -326,7 +267,7 @@ register(
         "ring:all_reduce",
         _BOTH,
         shards="independent subchunk rings",
-        roundings=_ring_roundings,
+        roundings=roundings.ring_roundings,
         cost="ring",
     )
 )
@@ -336,7 +277,7 @@ register(
         "recursive halving-doubling, for any device count",
         "halving_doubling:all_reduce",
         _BOTH,
-        roundings=_halving_doubling_roundings,
+        roundings=roundings.halving_doubling_roundings,
         cost="halving_doubling",
     )
 )
@@ -350,8 +291,8 @@ register(
         reducer="shuffle:reduce_on_cpus",
         shard_rule=SHARDS_GATHER,
         gather_type=CPU,
-        roundings=_gather_roundings,
-        reducer_roundings=_gather_reducer_roundings,
+        roundings=roundings.gather_roundings,
+        reducer_roundings=roundings.gather_reducer_roundings,
         cost="shuffle",
     )
 )
@@ -365,8 +306,8 @@ register(
         reducer="shuffle:reduce_on_gpus",
         shard_rule=SHARDS_GATHER,
         gather_type=GPU,
-        roundings=_gather_roundings,
-        reducer_roundings=_gather_reducer_roundings,
+        roundings=roundings.gather_roundings,
+        reducer_roundings=roundings.gather_reducer_roundings,
         cost="shuffle",
     )
 )
@@ -379,7 +320,7 @@ register(
         distinct_devices=True,
         physical_devices=True,
         emulable=False,
-        roundings=_native_roundings,
+        roundings=roundings.native_roundings,
         cost="native_ring",
     )
 )
@@ -396,7 +337,7 @@ register(
             "('Function was cancelled before it was started'); only a new process runs 'collective' "
             "again, while every other algorithm keeps working here (see docs/concurrency.md)"
         ),
-        roundings=_native_roundings,
+        roundings=roundings.native_roundings,
         cost="native_ring",
     )
 )
@@ -407,8 +348,8 @@ register(
         "simple:simple",
         _BOTH,
         reducer="simple:simple_reduce",
-        roundings=_gather_roundings,
-        reducer_roundings=_sum_reducer_roundings,
+        roundings=roundings.gather_roundings,
+        reducer_roundings=roundings.sum_reducer_roundings,
         cost="simple",
     )
 )
@@ -419,8 +360,8 @@ register(
         "simple:better",
         _BOTH,
         reducer="simple:better_reduce",
-        roundings=_gather_roundings,
-        reducer_roundings=_sum_reducer_roundings,
+        roundings=roundings.gather_roundings,
+        reducer_roundings=roundings.sum_reducer_roundings,
         cost="better",
     )
 )
@@ -444,7 +385,7 @@ register(
         _BOTH,
         shards="rows of the torus (dividing the device count; default: the largest divisor up to sqrt(n))",
         shard_rule=SHARDS_DIVIDE,
-        roundings=_torus_roundings,
+        roundings=roundings.torus_roundings,
         cost="torus",
     )
 )
