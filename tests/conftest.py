@@ -95,6 +95,22 @@ def _wait_for(check: Callable[[], list[str]], timeout_s: float) -> list[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def private_tuning_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Points the tuning cache (``spec="auto"``, ``allreduce.tune``) at a directory of
+    the test run, for this process and the processes it starts: no test reads or writes
+    the user's own cache."""
+    previous = os.environ.get("ALLREDUCE_CACHE_DIR")
+    os.environ["ALLREDUCE_CACHE_DIR"] = str(tmp_path_factory.mktemp("tuning-cache"))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("ALLREDUCE_CACHE_DIR", None)
+        else:
+            os.environ["ALLREDUCE_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
 def no_leaked_threads_or_processes() -> Iterator[None]:
     """Fails the run if it leaves threads or processes running."""
     if os.environ.get("ALLREDUCE_SKIP_LEAK_CHECK") == "1":

@@ -8,10 +8,12 @@ exact output.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from functools import cache
@@ -74,16 +76,19 @@ def python_blocks(path: Path) -> list[Block]:
 
 
 def run_snippet(code: str) -> subprocess.CompletedProcess:
-    """Runs ``code`` in a fresh interpreter, fed on stdin, from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-"],
-        input=code,
-        capture_output=True,
-        text=True,
-        timeout=SNIPPET_TIMEOUT_S,
-        cwd=ROOT,
-        check=False,
-    )
+    """Runs ``code`` in a fresh interpreter, fed on stdin, from the repository root, with
+    a cache directory of its own (a snippet that tunes never writes the user's cache)."""
+    with tempfile.TemporaryDirectory(prefix="allreduce-snippet-") as cache:
+        return subprocess.run(
+            [sys.executable, "-"],
+            input=code,
+            capture_output=True,
+            text=True,
+            timeout=SNIPPET_TIMEOUT_S,
+            cwd=ROOT,
+            env={**os.environ, "XDG_CACHE_HOME": cache, "ALLREDUCE_CACHE_DIR": cache},
+            check=False,
+        )
 
 
 def check_runs_as_shown(block: Block) -> subprocess.CompletedProcess:
