@@ -100,6 +100,10 @@ def targets() -> dict[str, dict[str, object]]:
             "pytest_add_cli_args_test_selection": _tests(
                 "tests/properties/test_algorithm_properties.py",
                 "tests/properties/test_gpu_named_graphs.py",
+                "tests/properties/test_compression_properties.py",
+                "tests/unit/test_compression.py",
+                "tests/unit/test_compression_paths.py",
+                "tests/unit/test_algorithm_graphs.py",
                 "tests/unit/test_algorithms_base.py",
                 "tests/unit/test_api_errors.py",
                 "tests/unit/test_validation.py",

@@ -244,11 +244,12 @@ def halving_doubling(job: Job) -> Schedule:
 def shuffle(job: Job) -> Schedule:
     """``pscpu#k`` / ``psgpu#k``: shard ``i`` of every input summed on gather device
     ``i`` of this tensor's group, then joined on every device (or, as a reducer, on the
-    group's first gather device)."""
+    group's first gather device, unsharded: a first level takes no shard count)."""
     devices, b = job.devices, job.itemsize
-    groups = group_device_names(gather_candidates(devices, job.info.gather_type or CPU), job.shards)
+    shards = 1 if job.reduce_only else job.shards
+    groups = group_device_names(gather_candidates(devices, job.info.gather_type or CPU), shards)
     group = groups[job.tensor_index % len(groups)]
-    sizes = aligned_split_sizes(job.length, job.shards, b)
+    sizes = aligned_split_sizes(job.length, shards, b)
     kept = [i for i, size in enumerate(sizes) if size]
     s = Schedule()
     for d in devices:
@@ -260,11 +261,6 @@ def shuffle(job: Job) -> Schedule:
         concat_each(s, [where] * len(devices), devices)
         return s
     s.root = where[0][0]
-    if len(where) > 1:
-        r = s.next()
-        for device, nbytes, value in where:
-            r.hop(device, s.root, nbytes, value)
-        r.copy(s.root, job.nbytes)
     return s
 
 

@@ -62,8 +62,9 @@ def gather_roundings(n: int, shards: int) -> Roundings:
 
 
 def gather_reducer_roundings(n: int, shards: int) -> Roundings:
-    # The shards' sums are received on the first gather device when there are several.
-    return Roundings(wire=1 + (shards > 1), adds=n - 1)
+    # A first level takes no shard count: each input is received where it is summed.
+    del shards
+    return Roundings(wire=1, adds=n - 1)
 
 
 def sum_reducer_roundings(n: int, shards: int) -> Roundings:

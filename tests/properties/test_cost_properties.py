@@ -253,6 +253,7 @@ def test_a_schedule_sends_a_value_to_a_device_once():
 
 @pytest.mark.parametrize(("kind", "shards"), [("CPU", 1), ("CPU", 2), ("CPU", 3), ("GPU", 1)])
 def test_a_shuffle_reducer_moves_what_its_graph_moves(shards, kind):
+    # A reducer is a first level: it ignores a shard count, and so does its schedule.
     from allreduce.algorithms.base import BuildContext
     from allreduce.algorithms.shuffle import reduce_on_cpus
 

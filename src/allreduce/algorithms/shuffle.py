@@ -10,13 +10,13 @@ inputs are CPUs, else each worker's ``CPU:0``); ``psgpu`` on the input GPUs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from allreduce._tf import tf
 from allreduce.algorithms.base import (
     BuildContext,
     aligned_split_sizes,
     concat_each,
-    concat_on,
     split_on,
     sum_on,
 )
@@ -49,11 +49,10 @@ def _all_reduce(values, devices, ctx, device_type):
 
 
 def _reduce(values, devices, ctx, device_type):
-    sums, where = _shard_sums(values, devices, ctx, device_type)
-    if len(sums) == 1:
-        return sums[0], where[0]
-    moved = [ctx.wire.receive(s, w, where[0]) for s, w in zip(sums, where)]
-    return concat_on(moved, where[0]), where[0]
+    # A reducer is a hierarchical first level, which the spec gives no shard count
+    # (``A/B#k`` shards the level across workers): one sum on one gather device.
+    sums, where = _shard_sums(values, devices, replace(ctx, shards=1), device_type)
+    return sums[0], where[0]
 
 
 def all_reduce_on_cpus(
