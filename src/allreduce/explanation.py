@@ -18,7 +18,7 @@ from typing import Any
 
 from allreduce.cost_model import BucketCost, Model, bucket_costs
 from allreduce.spec import AllReduceSpecTuple, format_all_reduce_spec
-from allreduce.validation import check_device_names, check_int, check_sequence, check_spec
+from allreduce.validation import check_device_names, check_dtype, check_int, check_sequence, check_spec
 
 __layer__ = "pure"
 
@@ -196,8 +196,6 @@ def explain(
 
 
 def _check(devices: Any, sizes: Any, dtype: Any, pack_max_bytes: Any) -> tuple[list[str], list[int], str]:
-    from allreduce.tuning.tuner import check_dtype
-
     check_sequence("devices", devices, "device names")
     if not devices:
         raise ValueError("devices is empty: explain needs the devices the all-reduce runs on")

@@ -21,6 +21,7 @@ __all__ = [
     "check_dense",
     "check_device_names",
     "check_devices_exist",
+    "check_dtype",
     "check_reduction",
     "check_spec",
     "check_int",
@@ -222,6 +223,23 @@ def check_towers(towers: Any) -> list[list[Any]]:
                     f"is {first.dtype.name}{first.shape}"
                 )
     return dense
+
+
+def check_dtype(dtype: Any) -> str:
+    """The name of ``dtype`` (a ``tf.DType`` or its name) if the library all-reduces it.
+
+    Raises:
+        TypeError: neither a ``tf.DType`` nor a str.
+        ValueError: a dtype the library does not all-reduce.
+    """
+    from allreduce.bench.cases import DTYPE_SIZES
+
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "name", None)
+    if not isinstance(name, str) or not (isinstance(dtype, str) or hasattr(dtype, "is_floating")):
+        raise TypeError(f"dtype must be a tf.DType or its name, got {type(dtype).__name__}: {dtype!r}")
+    if name not in DTYPE_SIZES:
+        raise ValueError(f"dtype {name!r} cannot be all-reduced; supported: {', '.join(DTYPE_SIZES)}")
+    return name
 
 
 def check_reduction(reduction: Any, dtype: Any) -> str:

@@ -26,9 +26,9 @@ from allreduce.tuning.candidates import candidate_specs
 from allreduce.tuning.decide import Decision, Doubt, decide
 from allreduce.tuning.search import Search, run
 from allreduce.tuning.workload import Workload
-from allreduce.validation import check_device_names, check_int, check_seconds, check_sequence
+from allreduce.validation import check_device_names, check_dtype, check_int, check_seconds, check_sequence
 
-__all__ = ["DEFAULT_BUDGET_S", "check_dtype", "tune", "tune_entry"]
+__all__ = ["DEFAULT_BUDGET_S", "tune", "tune_entry"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,21 +40,6 @@ _lock = threading.Lock()
 
 #: ``measure(sizes, specs) -> {spec: step seconds or None}`` (:class:`allreduce.tuning.measure.Measurer`).
 MeasureFn = Callable[[Sequence[int], Sequence[str]], Mapping[str, Sequence[float] | None]]
-
-
-def check_dtype(dtype: Any) -> str:
-    """The name of ``dtype`` (a ``tf.DType`` or its name) if the library all-reduces it.
-
-    Raises:
-        TypeError: neither a ``tf.DType`` nor a str.
-        ValueError: a dtype the library does not all-reduce.
-    """
-    name = dtype if isinstance(dtype, str) else getattr(dtype, "name", None)
-    if not isinstance(name, str) or not (isinstance(dtype, str) or hasattr(dtype, "is_floating")):
-        raise TypeError(f"dtype must be a tf.DType or its name, got {type(dtype).__name__}: {dtype!r}")
-    if name not in DTYPE_SIZES:
-        raise ValueError(f"dtype {name!r} cannot be all-reduced; supported: {', '.join(DTYPE_SIZES)}")
-    return name
 
 
 def _check(
