@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
-# The pure planning layer (modules that declare __layer__ = "pure") has its own floor.
+# The layers that need no TensorFlow (modules that declare __layer__ = "pure" or
+# "model", see tools/layers.py) have their own floor.
 test: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=85 -q
 	@echo "Pure layer (branch coverage, floor 95 %):"

@@ -1,6 +1,6 @@
 """Mutation testing with mutmut: the pure layer, and the TensorFlow-emitting algorithm modules.
 
-    python tools/mutation.py pure                # the modules that declare __layer__ = "pure"
+    python tools/mutation.py pure                # the planning layer (__layer__ = "pure")
     python tools/mutation.py algorithms          # every module the registry names a builder in
     python tools/mutation.py pure algorithms --max-children 2   # both (tox -e mutation)
 
@@ -89,6 +89,7 @@ def targets() -> dict[str, dict[str, object]]:
             "only_mutate": pure_paths(),
             "pytest_add_cli_args_test_selection": _tests(
                 "tests/unit/test_pure_*.py",
+                "tests/unit/test_compression_pure.py",
                 "tests/unit/test_spec.py",
                 "tests/unit/test_seed_defects.py",
                 "tests/properties/test_spec_properties.py",

@@ -39,7 +39,7 @@ from allreduce.spec import AllReduceSpecTuple
 from allreduce.validation import check_choice, check_int, check_spec, check_worker_groups
 from allreduce.wire_formats import COMPRESSIONS, FLOAT_FORMATS, WIRE_FORMATS, FloatFormat, needs_scaling
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = ["ErrorBound", "error_bound", "gamma", "rounding_path"]
 

@@ -36,7 +36,7 @@ from allreduce.registry import CPU, AlgorithmInfo, get_algorithm
 from allreduce.schedules import halving_doubling_plan, ring_orders, split_sizes, torus_grid
 from allreduce.traffic import Schedule
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = [
     "Job",

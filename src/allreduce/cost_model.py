@@ -28,7 +28,7 @@ from allreduce.registry import get_algorithm
 from allreduce.spec import AllReduceSpecTuple
 from allreduce.traffic import Schedule, device_class, features
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = [
     "DEFAULT",

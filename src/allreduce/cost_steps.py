@@ -15,7 +15,7 @@ from allreduce.registry import CPU
 from allreduce.schedules import split_sizes
 from allreduce.traffic import Round, Schedule
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = [
     "ALIGN_BYTES",

@@ -20,7 +20,7 @@ from allreduce.cost_model import BucketCost, Model, bucket_costs
 from allreduce.spec import AllReduceSpecTuple, format_all_reduce_spec
 from allreduce.validation import check_device_names, check_dtype, check_int, check_sequence, check_spec
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = ["Explanation", "Row", "explain"]
 

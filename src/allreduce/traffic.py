@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from allreduce.devices import parse_device_name
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = [
     "LINK_CLASSES",

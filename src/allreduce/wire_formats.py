@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = ["COMPRESSIONS", "FLOAT_FORMATS", "WIRE_FORMATS", "FloatFormat", "needs_scaling", "scale_exponent"]
 

@@ -26,7 +26,7 @@ from allreduce.tuning.candidates import candidate_specs
 from allreduce.tuning.decide import decide_predicted
 from allreduce.tuning.workload import Workload
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = ["AUTO", "cached_model", "forget", "resolve", "resolve_with_reason"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = ["FACTOR", "band_limit", "band_of", "bands_of", "workload_bucket", "workload_distance"]
 

@@ -27,7 +27,7 @@ from typing import Any
 from allreduce.devices import group_by_worker, parse_device_name
 from allreduce.tuning.bands import workload_bucket
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = ["FORMAT", "cache_dir", "entry_path", "key_of", "load", "same_topology", "store", "topology"]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from allreduce.devices import group_by_worker
 from allreduce.registry import NAMED_HIERARCHICAL, AlgorithmInfo, algorithm_names, get_algorithm
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = ["MAX_PAIRS", "candidate_specs"]
 

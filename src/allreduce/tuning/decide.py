@@ -26,7 +26,7 @@ from typing import NamedTuple
 from allreduce.spec import AllReduceSpecTuple, format_all_reduce_spec, parse_all_reduce_spec
 from allreduce.tuning.bands import band_limit
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = [
     "GAIN",

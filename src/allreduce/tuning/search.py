@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from allreduce.tuning.decide import GAIN, STEP_GAIN, TIE, Decision, Doubt, decide, estimate, totals
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = ["MIN_ERROR", "Search", "next_probe"]
 

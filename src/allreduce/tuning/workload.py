@@ -9,7 +9,7 @@ from allreduce.cost_model import BucketCost, Model, bucket_costs
 from allreduce.spec import parse_all_reduce_spec
 from allreduce.tuning.bands import bands_of
 
-__layer__ = "pure"
+__layer__ = "model"
 
 __all__ = ["Workload"]
 
