@@ -170,3 +170,32 @@ def test_group_by_worker_keeps_first_seen_order() -> None:
         [0, 1, 2]
     ]
     assert group_by_worker([]) == []
+
+
+def test_gather_candidates_are_the_inputs_of_that_type_in_order_without_repeats() -> None:
+    from allreduce.devices import gather_candidates
+
+    names = [
+        f"/job:w/replica:0/task:0/device:{kind}:{i}"
+        for kind, i in [("CPU", 1), ("GPU", 0), ("CPU", 1), ("CPU", 0)]
+    ]
+    assert gather_candidates(names, "CPU") == [names[0], names[3]]
+    assert gather_candidates(names, "GPU") == [names[1]]
+
+
+def test_gpu_inputs_gather_on_cpu0_of_each_worker_that_has_no_cpu_input() -> None:
+    from allreduce.devices import gather_candidates
+
+    names = [
+        "/job:w/replica:0/task:0/device:GPU:0",
+        "/job:w/replica:0/task:1/device:GPU:0",
+        "/job:w/replica:0/task:1/device:GPU:1",
+        "/job:w/replica:0/task:2/device:CPU:3",
+        "/job:w/replica:0/task:2/device:GPU:0",
+    ]
+    assert gather_candidates(names, "CPU") == [
+        "/job:w/replica:0/task:2/device:CPU:3",
+        "/job:w/replica:0/task:0/device:CPU:0",
+        "/job:w/replica:0/task:1/device:CPU:0",
+    ]
+    assert gather_candidates([], "CPU") == []

@@ -145,3 +145,91 @@ def test_hierarchical_builder_resolves() -> None:
     builder = get_algorithm("pscpu/xring").load_builder()
     assert (builder.__module__, builder.__name__) == ("allreduce.algorithms.hierarchical", "all_reduce")
     assert get_algorithm("pscpu/xring").load_reducer() is None
+
+
+# --- why an algorithm cannot run: the rules the registry declares ---------------------------
+
+
+def cpus(n: int, task: int = 0) -> list[str]:
+    return [f"/job:worker/replica:0/task:{task}/device:CPU:{i}" for i in range(n)]
+
+
+def gpus(n: int, task: int = 0) -> list[str]:
+    return [f"/job:worker/replica:0/task:{task}/device:GPU:{i}" for i in range(n)]
+
+
+def test_device_types_are_checked_and_named() -> None:
+    assert get_algorithm("xring").problem(cpus(2)) is None
+    message = get_algorithm("nccl").problem([*gpus(1), cpus(1)[0]])
+    assert message == (
+        "algorithm 'nccl' runs on GPU devices only, but an input is on "
+        "'/job:worker/replica:0/task:0/device:CPU:0' (try 'xring', 'rechd' or 'pscpu' on CPUs)"
+    )
+    message = get_algorithm("psgpu").problem(["/job:worker/replica:0/task:0/device:TPU:0"])
+    assert message is not None and message.endswith("'/job:worker/replica:0/task:0/device:TPU:0'")
+
+
+def test_distinct_devices_are_checked_and_the_repeats_named() -> None:
+    assert get_algorithm("collective").problem(cpus(3)) is None
+    assert get_algorithm("xring").problem([cpus(1)[0]] * 2) is None
+    devices = [*cpus(2), cpus(1)[0]]
+    assert get_algorithm("collective").problem(devices) == (
+        "collective needs every input on a different device, but "
+        "['/job:worker/replica:0/task:0/device:CPU:0'] hold more than one; "
+        "use e.g. 'xring' or 'pscpu' instead"
+    )
+
+
+@pytest.mark.parametrize(("shards", "ok"), [(1, True), (3, True), (4, True), (5, False)])
+def test_a_gather_shard_count_needs_as_many_gather_devices(shards: int, ok: bool) -> None:
+    problem = get_algorithm("pscpu").problem(cpus(4), shards)
+    assert (problem is None) == ok
+    if not ok:
+        assert problem == (
+            f"pscpu#{shards} needs {shards} distinct CPU gather devices but the inputs offer 4: {cpus(4)}"
+        )
+
+
+def test_gpu_inputs_gather_on_one_cpu_per_worker() -> None:
+    devices = gpus(2, task=0) + gpus(2, task=1)
+    assert get_algorithm("pscpu").problem(devices, 2) is None
+    assert "offer 2" in (get_algorithm("pscpu").problem(devices, 3) or "")
+    assert get_algorithm("psgpu").problem(devices, 4) is None
+    assert "needs 5 distinct GPU" in (get_algorithm("psgpu").problem(devices, 5) or "")
+
+
+@pytest.mark.parametrize(
+    ("n", "rows", "ok"), [(6, 1, True), (6, 2, True), (6, 3, True), (6, 4, False), (7, 7, True)]
+)
+def test_a_torus_row_count_must_divide_the_devices(n: int, rows: int, ok: bool) -> None:
+    problem = get_algorithm("torus").problem(cpus(n), rows)
+    assert (problem is None) == ok
+    if not ok:
+        assert problem == f"torus#{rows}: {rows} does not divide the {n} devices"
+
+
+def test_any_ring_count_is_accepted() -> None:
+    assert get_algorithm("xring").problem(cpus(2), 9) is None
+
+
+def test_hierarchical_levels_are_checked_within_and_across_workers() -> None:
+    devices = gpus(2, task=0) + gpus(2, task=1)
+    assert get_algorithm("psgpu/xring").problem(devices) is None
+    within = get_algorithm("nccl/xring").problem([*gpus(1, task=0), cpus(1, task=0)[0], *gpus(2, task=1)])
+    assert within is not None and within.startswith("nccl/xring within a worker: algorithm 'nccl'")
+    # pscpu leaves each worker's sum on that worker's CPU, which psgpu cannot take.
+    across = get_algorithm("pscpu/psgpu").problem(devices)
+    assert across is not None and across.startswith("pscpu/psgpu across workers: algorithm 'psgpu'")
+    assert (
+        across.endswith(
+            "'/job:worker/replica:0/task:0/device:CPU:0' (try 'xring', 'rechd' or 'pscpu' on CPUs)"
+        )
+        is False
+    )
+    # The shard count applies across workers, over one sum per worker.
+    assert get_algorithm("pscpu/pscpu").problem(devices, 2) is None
+    assert "needs 3 distinct CPU" in (get_algorithm("pscpu/pscpu").problem(devices, 3) or "")
+    # Explicit groups stand for workers on one task; a single group checks the lower level only.
+    assert get_algorithm("xring/pscpu").problem(cpus(4), 2, [[0, 1], [2, 3]]) is None
+    assert "needs 3" in (get_algorithm("xring/pscpu").problem(cpus(4), 3, [[0, 1], [2, 3]]) or "")
+    assert get_algorithm("xring/pscpu").problem(cpus(4), 3, [[0, 1, 2, 3]]) is None
