@@ -220,12 +220,7 @@ def test_hierarchical_levels_are_checked_within_and_across_workers() -> None:
     # pscpu leaves each worker's sum on that worker's CPU, which psgpu cannot take.
     across = get_algorithm("pscpu/psgpu").problem(devices)
     assert across is not None and across.startswith("pscpu/psgpu across workers: algorithm 'psgpu'")
-    assert (
-        across.endswith(
-            "'/job:worker/replica:0/task:0/device:CPU:0' (try 'xring', 'rechd' or 'pscpu' on CPUs)"
-        )
-        is False
-    )
+    assert "'/job:worker/replica:0/task:0/device:CPU:0'" in across
     # The shard count applies across workers, over one sum per worker.
     assert get_algorithm("pscpu/pscpu").problem(devices, 2) is None
     assert "needs 3 distinct CPU" in (get_algorithm("pscpu/pscpu").problem(devices, 3) or "")
