@@ -199,12 +199,26 @@ def _path_of(module: str) -> str:
     return "src/" + module.replace(".", "/") + ".py"
 
 
+def _retest_names(target: str, where: Path) -> list[str]:
+    """The mutants of the last run that no test detected, with the current tests copied in
+    (the mutated sources stay as they are: a source change needs a full run)."""
+    if not (where / "mutants").is_dir():
+        raise SystemExit(f"[{target}] --retest needs an earlier run in {where.relative_to(ROOT)}")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for copy in (where / "tests", where / "mutants" / "tests"):
+        shutil.copytree(ROOT / "tests", copy, ignore=ignore, dirs_exist_ok=True)
+    return sorted(name for name, status in results(where).items() if status not in DETECTED)
+
+
 def run_target(target: str, args: argparse.Namespace) -> float:
-    where = stage(target, args.keep)
-    log = where / "mutmut.log"
+    where = STAGING / target if args.retest else stage(target, args.keep)
+    names = _retest_names(target, where) if args.retest else []
+    log = where / ("mutmut-retest.log" if args.retest else "mutmut.log")
     say(f"[{target}] mutmut run in {where.relative_to(ROOT)} (log: {log.relative_to(ROOT)})")
     start = time.monotonic()
-    run = mutmut(where, "run", "--max-children", str(args.max_children), log=log, examples=args.examples)
+    run = mutmut(
+        where, "run", "--max-children", str(args.max_children), *names, log=log, examples=args.examples
+    )
     minutes = (time.monotonic() - start) / 60
     if run.returncode != 0:
         say(log.read_text()[-4000:])
@@ -254,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2, help="parallel mutants")
     parser.add_argument("--examples", type=int, default=60, help="Hypothesis examples per property")
     parser.add_argument("--keep", action="store_true", help="reuse the previous run's results (incremental)")
+    parser.add_argument(
+        "--retest",
+        action="store_true",
+        help="run the last run's undetected mutants again against the current tests (sources unchanged)",
+    )
     args = parser.parse_args(argv)
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown:
