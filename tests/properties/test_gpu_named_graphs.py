@@ -183,3 +183,25 @@ def test_inputs_read_back_unchanged() -> None:
     expected = [np.asarray(a, np.float64) for a in case.arrays()]
     assert all(np.array_equal(got, want) for got, want in zip(outcomes[0].inputs, expected))
     assert to_float64(tf.constant(outcomes[0].outputs[0])).shape == (4,)
+
+
+@given(gpu_named_cases(), st.sampled_from(["bf16", "fp16"]))
+def test_gpu_named_graphs_compressed_between_gpus_stay_within_the_stated_bound(case: Case, wire: str) -> None:
+    case = Case(
+        case.spec, case.devices, case.shape, tf.float32, case.reduction, groups=case.groups, seed=case.seed
+    )
+    outcomes, emitted = run_in_session(
+        case, reduction=case.reduction, worker_groups=case.groups, compression=wire
+    )
+    inputs = outcomes[0].inputs
+    stated = allreduce.error_bound(
+        case.spec, case.n, wire, dtype="float32", worker_groups=case.groups, reduction=case.reduction
+    )
+    # The stated bound is of the result itself: for a mean its factors are divided already.
+    magnitude = np.sum(np.abs(np.stack(inputs)), axis=0) if inputs[0].size else np.zeros(case.shape)
+    largest = max((float(np.max(np.abs(x))) for x in inputs if x.size), default=0.0)
+    bound = stated.limit(magnitude, largest)
+    check_outcome(case, outcomes[0], bound=bound)
+    check_placement(case.spec, case.devices, emitted)
+    if case.n > 1 and inputs[0].size and not gathers_on_cpu(case.spec):
+        assert any(op.type == "Cast" for op in emitted), f"{case.spec}: nothing was compressed"

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import allreduce
 from allreduce.devices import group_device_names
+from allreduce.registry import algorithm_names, get_algorithm
 from allreduce.schedules import torus_grid
 from tests.strategies import cpu
 
@@ -88,3 +89,68 @@ def test_a_torus_adds_only_between_row_and_column_neighbours(n: int, rows: int) 
                 edges.add((index(value.op.device), index(op.device)))
     assert edges and edges <= neighbours
     assert {(a, b) for a, b in neighbours if any(a in row and b in row for row in grid)} <= edges
+
+
+def build_named(spec: str, devices: list[str], length: int, **kwargs) -> list[tf.Operation]:
+    """The ops ``all_reduce`` emits over placeholders on ``devices`` (any names)."""
+    with tf.Graph().as_default() as graph:
+        values = []
+        for d in devices:
+            with tf.device(d):
+                values.append(tf.compat.v1.placeholder(tf.float32, [length]))
+        before = set(graph.get_operations())
+        allreduce.all_reduce(values, spec, **kwargs)
+        return [op for op in graph.get_operations() if op not in before]
+
+
+GPUS = [f"/job:localhost/replica:0/task:0/device:GPU:{i}" for i in range(4)]
+
+
+def _specs(kind: str, **wanted: bool) -> list[str]:
+    found = []
+    for name in algorithm_names():
+        info = get_algorithm(name)
+        if (
+            kind in info.device_types
+            and info.reduces
+            and all(getattr(info, k) == v for k, v in wanted.items())
+        ):
+            found.append(name)
+    return found
+
+
+CPU_SPECS = _specs("CPU")
+GPU_SPECS = _specs("GPU", emulable=True)
+
+
+@pytest.mark.parametrize(
+    ("spec", "devices", "kwargs"),
+    [(s, "cpu", {}) for s in [*CPU_SPECS, "pscpu/xring", "rechd/xring#2"]]
+    + [(s, "gpu", {}) for s in [*GPU_SPECS, "psgpu/xring", "rechd/pscpu"]]
+    + [(s, "gpu", {"compression": "bf16"}) for s in [*GPU_SPECS, "psgpu/xring", "rechd/pscpu"]],
+)
+def test_no_op_copies_a_value_onto_the_device_it_is_on(spec: str, devices: str, kwargs: dict) -> None:
+    names = [cpu(i) for i in range(4)] if devices == "cpu" else GPUS
+    for n, length in ((3, 5), (4, 64)):
+        extra = {"worker_groups": [[0, 1], list(range(2, n))]} if "/" in spec else {}
+        for op in build_named(spec, names[:n], length, **extra, **kwargs):
+            assert op.device, f"{spec}: {op.type} {op.name} has no device"
+            if op.type == "Identity":
+                assert op.inputs[0].op.device != op.device, f"{spec}: {op.name} copies onto its own device"
+
+
+def test_a_ring_between_gpus_forwards_each_chunk_to_the_next_device() -> None:
+    ops = build_named("xring", GPUS, 64)
+    hops = {
+        (index(op.inputs[0].op.device), index(op.device))
+        for op in ops
+        if op.type in ("Identity", "AddV2") and op.inputs[0].op.device != op.device
+    }
+    assert hops == {(d, (d + 1) % 4) for d in range(4)}
+
+
+def test_a_ring_between_cpus_of_one_process_leaves_out_the_all_gather_hops() -> None:
+    # The CPUs share memory: the first concatenates the owners' sums, the others copy it.
+    ops = build("xring", 4, 64)
+    assert sum(op.type == "Identity" for op in ops) == 3
+    assert sum(op.type == "ConcatV2" for op in ops) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -138,3 +139,11 @@ def test_a_torus_refuses_counts_that_do_not_fit(n: int, rows: int, message: str)
 
     with pytest.raises(ValueError, match=re.escape(message)):
         torus_grid(n, rows)
+
+
+@given(st.integers(2, 40), st.integers(0, 500))
+def test_after_halving_core_device_i_holds_the_ith_piece_in_order(n: int, length: int) -> None:
+    # The builder concatenates the pieces in device order where devices share memory.
+    final = halving_doubling_plan(n, length).intervals[-1]
+    assert final[0][0] == 0 and final[-1][1] == length
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(final))

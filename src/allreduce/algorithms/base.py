@@ -74,7 +74,10 @@ def run_all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: Bui
         raise ValueError(problem)
     if len(values) == 1:
         return [values[0]]
-    return list(ctx.info.load_builder()(list(values), list(devices), ctx))
+    results = list(ctx.info.load_builder()(list(values), list(devices), ctx))
+    if len(results) != len(values) or any(r is None for r in results):
+        raise RuntimeError(f"{ctx.info.name} returned {len(results)} results for {len(values)} inputs")
+    return results
 
 
 @functools.lru_cache(maxsize=1024)

@@ -65,11 +65,14 @@ def _instance_counter() -> tf.Variable:
         return _counter[0]
 
 
-def _instance_key() -> tf.Tensor:
-    """A fresh instance key for each execution of the graph being built."""
+def _instance_key(device: str) -> tf.Tensor:
+    """A fresh instance key for each execution of the graph being built (in a TensorFlow
+    1 graph, a constant on ``device``)."""
     if not tf.compat.v1.executing_eagerly_outside_functions():
         with _lock:
-            return tf.constant(next(_graph_instance_keys))
+            key = next(_graph_instance_keys)
+        with tf.device(device):
+            return tf.constant(key)
     counter = _instance_counter()
     with tf.device(counter.device):
         return counter.assign_add(1, read_value=True)
@@ -89,7 +92,7 @@ def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildCo
     """Emits one ``CollectiveReduceV2`` per device over 1-D ``values``."""
     size = len(values)
     key = group_key(devices)
-    instance = _instance_key()
+    instance = _instance_key(devices[0])
     out = []
     for value, device in zip(values, devices):
         with tf.device(device):

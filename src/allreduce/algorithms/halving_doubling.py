@@ -63,10 +63,9 @@ def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildCo
     packets = [ctx.wire.publish(v, d, devices) for v, d in zip(core, core_devices)]
     if shares_memory(core_devices):
         # Doubling only moves the reduced pieces; where the devices share memory that
-        # is free, and one concatenation of all the pieces replaces log2(n) rounds.
-        final = plan.intervals[-1] if plan.distances else [(0, 0)]
-        ordered = [packets[i] for i in sorted(range(plan.core), key=lambda i: final[i])]
-        results = concat_each([ordered] * plan.core, core_devices, ctx)
+        # is free, and one concatenation of all the pieces replaces log2(n) rounds. Core
+        # device i holds the i-th piece (halving_doubling_plan's intervals are in order).
+        results = concat_each([packets] * plan.core, core_devices, ctx)
     else:
         results = [ctx.wire.open(p, d) for p, d in zip(_double(packets, devices, plan), core_devices)]
     results += [None] * (n - plan.core)
