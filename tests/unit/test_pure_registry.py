@@ -57,6 +57,27 @@ def test_every_pair_of_composable_algorithms_is_hierarchical(lower: str, upper: 
     if up.takes_shards:
         assert info.shards == f"{up.shards} of the across-worker level"
     assert info.summary == f"{lower} within each worker, {upper} across workers, then broadcast"
+    # What the tests, tools and tuning read of a pair: the levels' declarations combined.
+    assert (info.shard_rule, info.gather_type) == (up.shard_rule, up.gather_type)
+    assert info.physical_devices == (low.physical_devices or up.physical_devices)
+    assert info.emulable == (low.emulable and up.emulable)
+    assert info.failure_note == (low.failure_note or up.failure_note)
+    assert info.cost == ("hierarchical" if low.cost and up.cost else None)
+
+
+def test_the_pairs_of_nccl_and_collective_carry_their_declarations() -> None:
+    assert get_algorithm("nccl/xring").physical_devices and get_algorithm("xring/nccl").physical_devices
+    assert not get_algorithm("xring/collective").emulable and not get_algorithm("collective/xring").emulable
+    assert get_algorithm("collective/xring").failure_note == get_algorithm("collective").failure_note
+    assert get_algorithm("xring/collective").failure_note == get_algorithm("collective").failure_note
+    assert get_algorithm("xring/pscpu").cost == "hierarchical"
+
+
+def test_a_shard_count_of_one_is_always_accepted() -> None:
+    one = ["/job:w/replica:0/task:0/device:CPU:0"]
+    assert get_algorithm("pscpu").problem(one, 1) is None
+    assert "needs 2 distinct CPU" in (get_algorithm("pscpu").problem(one, 2) or "")
+    assert get_algorithm("torus").problem(one * 1, 1) is None
 
 
 @pytest.mark.parametrize(
