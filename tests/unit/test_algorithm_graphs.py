@@ -154,3 +154,21 @@ def test_a_ring_between_cpus_of_one_process_leaves_out_the_all_gather_hops() -> 
     ops = build("xring", 4, 64)
     assert sum(op.type == "Identity" for op in ops) == 3
     assert sum(op.type == "ConcatV2" for op in ops) == 1
+
+
+@pytest.mark.parametrize(("n", "rows"), [(8, 2), (8, 4), (6, 3), (6, 2)])
+def test_a_torus_between_gpus_moves_data_only_between_row_and_column_neighbours(n: int, rows: int) -> None:
+    grid = torus_grid(n, rows)
+    neighbours = set()
+    for line in [*grid, *map(list, zip(*grid))]:
+        for i in range(len(line)):
+            a, b = line[i], line[(i + 1) % len(line)]
+            neighbours |= {(a, b), (b, a)} if a != b else set()
+    gpus = [f"/job:localhost/replica:0/task:0/device:GPU:{i}" for i in range(n)]
+    edges = {
+        (index(value.op.device), index(op.device))
+        for op in build_named(f"torus#{rows}", gpus, n * 16)
+        for value in op.inputs
+        if value.op.device != op.device and value.op.type != "Placeholder"
+    }
+    assert edges and edges <= neighbours, sorted(edges - neighbours)
