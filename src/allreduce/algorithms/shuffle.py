@@ -10,6 +10,7 @@ inputs are CPUs, else each worker's ``CPU:0``); ``psgpu`` on the input GPUs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from allreduce._tf import tf
 from allreduce.algorithms.base import (
@@ -50,7 +51,7 @@ def _all_reduce(values, devices, ctx, device_type):
 def _reduce(values, devices, ctx, device_type):
     # A reducer is a hierarchical first level, which the spec gives no shard count
     # (``A/B#k`` shards the level across workers): one sum on one gather device.
-    sums, where = _shard_sums(values, devices, ctx, device_type)
+    sums, where = _shard_sums(values, devices, replace(ctx, shards=1), device_type)
     return sums[0], where[0]
 
 
