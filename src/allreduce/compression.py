@@ -115,6 +115,11 @@ class CastWire(Wire):
         return f"CastWire({self.name!r}, everywhere={self.everywhere})"
 
 
+#: The name scope of the ops that choose an fp16 bucket's scale (a few scalars on the
+#: first device); every other op of a compressed all-reduce moves or adds data.
+SCALE_SCOPE = "wire_scale"
+
+
 def _bucket_scale(
     values: Sequence[tf.Tensor], devices: Sequence[str], wire: FloatFormat, fmt: FloatFormat
 ) -> tf.Tensor:
@@ -122,18 +127,19 @@ def _bucket_scale(
     Inf left out), by the formula of :func:`allreduce.wire_formats.scale_exponent`."""
     dtype = values[0].dtype
     largest = []
-    for value, device in zip(values, devices):
-        with tf.device(device):
-            magnitude = tf.abs(value)
-            finite = tf.where(magnitude <= dtype.max, magnitude, tf.constant(0, dtype))
-            largest.append(tf.reduce_max(finite))
-    bits = _BITS[fmt.itemsize]
-    c = (len(devices) - 1).bit_length()
-    with tf.device(devices[0]):
-        top = tf.reduce_max(tf.stack([tf.identity(m) for m in largest]))
-        exponent = tf.maximum(tf.bitwise.right_shift(tf.bitcast(top, bits), fmt.mantissa), 1)
-        k = tf.clip_by_value(wire.bias - c + fmt.bias - 1 - exponent, 1 - fmt.bias, fmt.bias)
-        return tf.bitcast(tf.bitwise.left_shift(k + fmt.bias, fmt.mantissa), dtype)
+    with tf.name_scope(SCALE_SCOPE):
+        for value, device in zip(values, devices):
+            with tf.device(device):
+                magnitude = tf.abs(value)
+                finite = tf.where(magnitude <= dtype.max, magnitude, tf.constant(0, dtype))
+                largest.append(tf.reduce_max(finite))
+        bits = _BITS[fmt.itemsize]
+        c = (len(devices) - 1).bit_length()
+        with tf.device(devices[0]):
+            top = tf.reduce_max(tf.stack([tf.identity(m) for m in largest]))
+            exponent = tf.maximum(tf.bitwise.right_shift(tf.bitcast(top, bits), fmt.mantissa), 1)
+            k = tf.clip_by_value(wire.bias - c + fmt.bias - 1 - exponent, 1 - fmt.bias, fmt.bias)
+            return tf.bitcast(tf.bitwise.left_shift(k + fmt.bias, fmt.mantissa), dtype)
 
 
 def wire_for(compression: str | Wire) -> Wire:
