@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HYPOTHESIS_PROFILE ?= dev
+# Test processes (pytest-xdist); each test file runs whole in one of them.
+TEST_WORKERS ?= 2
 
 .PHONY: help venv test test-fast lint bench bench-full clean
 
@@ -25,12 +27,12 @@ venv: $(STAMP)
 # The layers that need no TensorFlow (modules that declare __layer__ = "pure" or
 # "model", see tools/layers.py) have their own floor.
 test: $(STAMP)
-	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=85 -q
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term --cov-fail-under=85 -q
 	@echo "Pure layer (branch coverage, floor 95 %):"
 	$(BIN)/python tools/layers.py --coverage 95
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -x --no-cov -m "not multiworker"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -q -x --no-cov -m "not multiworker"
 
 LINT_PATHS := $(wildcard src tests benchmarks examples tools conftest.py)
 
