@@ -6,8 +6,10 @@ device ``d``. Plans come from :mod:`allreduce.ranges`; this module only emits op
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 from allreduce._tf import tf
@@ -115,6 +117,20 @@ def split_grads_by_size(
     return small_grads, large_grads
 
 
+#: Held while packing or unpacking runs eagerly: TensorFlow 2.21's eager ops that take a
+#: shape argument (``tf.reshape``, ``tf.split``) are not safe in several threads at once.
+_eager_ops = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_thread_when_eager() -> Iterator[None]:
+    if not tf.executing_eagerly():
+        yield
+        return
+    with _eager_ops:
+        yield
+
+
 def _device_scope(tensor: Any, device: str | None = None) -> Any:
     return tf.device(device or getattr(tensor, "device", "") or None)
 
@@ -135,7 +151,7 @@ def pack_range(
     first, last = rng
     members = grad_vars[first : last + 1]
     flat = []
-    with tf.name_scope("pack"):
+    with _one_thread_when_eager(), tf.name_scope("pack"):
         for grad, _ in members:
             with _device_scope(grad, device):
                 flat.append(tf.reshape(grad, [-1]))
@@ -151,7 +167,7 @@ def pack_range(
 def unpack_grad_tuple(gv: Sequence[Any], gpt: GradPackTuple) -> list[tuple[tf.Tensor, Any]]:
     """Splits a packed ``(grad, var)`` back into the ``(grad, var)`` pairs it holds."""
     widths = [shape.num_elements() for shape in gpt.shapes]
-    with _device_scope(gv[0]), tf.name_scope("unpack"):
+    with _one_thread_when_eager(), _device_scope(gv[0]), tf.name_scope("unpack"):
         pieces = tf.split(gv[0], widths, axis=0, num=len(widths))
         return [(tf.reshape(piece, shape), var) for piece, shape, var in zip(pieces, gpt.shapes, gpt.vars)]
 

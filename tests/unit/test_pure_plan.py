@@ -36,6 +36,9 @@ def test_no_packing_by_default_and_the_default_group() -> None:
     buckets = plan_batch([1, 1, 1], ["f"] * 3, [4] * 3, parse_all_reduce_spec("xring"))
     assert [b.members for b in buckets] == [(0,), (1,), (2,)]
     assert DEFAULT_PACK_MAX_GROUP == 256
+    # Not even tensors of no bytes, which any positive limit would pack.
+    empty = plan_batch([0, 0, 0], ["f"] * 3, [4] * 3, parse_all_reduce_spec("xring"))
+    assert [b.members for b in empty] == [(0,), (1,), (2,)]
 
 
 def test_lists_of_different_lengths_are_a_value_error() -> None:

@@ -249,3 +249,12 @@ def test_hierarchical_levels_are_checked_within_and_across_workers() -> None:
     assert get_algorithm("xring/pscpu").problem(cpus(4), 2, [[0, 1], [2, 3]]) is None
     assert "needs 3" in (get_algorithm("xring/pscpu").problem(cpus(4), 3, [[0, 1], [2, 3]]) or "")
     assert get_algorithm("xring/pscpu").problem(cpus(4), 3, [[0, 1, 2, 3]]) is None
+
+
+def test_a_gpu_gathering_lower_level_leaves_its_sums_on_gpus() -> None:
+    # psgpu/psgpu runs only if the upper level is checked on the GPUs the lower one sums on
+    # (the first of each worker's group), not on the worker's CPU.
+    one_each = gpus(1, task=0) + gpus(1, task=1)
+    assert get_algorithm("psgpu/psgpu").problem(one_each) is None
+    assert get_algorithm("psgpu/psgpu").problem(gpus(2, task=0) + gpus(2, task=1), 2) is None
+    assert get_algorithm("psgpu/psgpu").problem(gpus(4), 1, [[0], [1, 2, 3]]) is None

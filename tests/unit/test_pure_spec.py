@@ -64,12 +64,20 @@ def test_format_writes_the_largest_exact_suffix(limit: int, text: str) -> None:
         ([("xring", 1, 8), ("pscpu", 1, 8), ("xring", 1, -1)], ValueError, "limits must increase"),
         ([("xring", 1, 9), ("pscpu", 1, 8), ("xring", 1, -1)], ValueError, "limits must increase"),
         (["xring"], TypeError, "a spec tuple must be (alg, shards, limit), got 'xring'"),
+        # A string of three characters is a sequence of three, and still not a tuple.
+        (["abc"], TypeError, "a spec tuple must be (alg, shards, limit), got 'abc'"),
         ([("xring", 1)], TypeError, "a spec tuple must be (alg, shards, limit), got ('xring', 1)"),
     ],
 )
 def test_format_rejects_invalid_tuples_saying_why(tuples: list, error: type, message: str) -> None:
     with pytest.raises(error, match=re.escape(message)):
         format_all_reduce_spec(tuples)
+
+
+def test_an_empty_spec_says_so_in_these_words() -> None:
+    with pytest.raises(ValueError) as raised:
+        format_all_reduce_spec([])
+    assert str(raised.value) == "a spec needs at least one (alg, shards, limit) tuple, got none"
 
 
 def test_format_error_names_the_tuple() -> None:
