@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,31 @@ def test_a_collective_failure_is_explained(monkeypatch) -> None:
     with pytest.raises(tf.errors.CancelledError) as info:
         allreduce.all_reduce(tensors, "xring")
     assert "allreduce:" not in str(info.value)
+
+
+def test_instance_keys_handed_out_in_many_threads_at_once_are_never_repeated() -> None:
+    # Eight threads each run a traced graph that takes four keys, 100 times. An
+    # increment followed by a separate read handed out a repeated key in every such run.
+    from allreduce.algorithms import collective
+
+    @tf.function(autograph=False)
+    def four_keys(x: tf.Tensor) -> tf.Tensor:
+        return tf.stack([collective._instance_key(cpu(i)) + tf.size(x) * 0 for i in range(4)])
+
+    keys: list[int] = []
+    lock = threading.Lock()
+
+    def work(length: int) -> None:
+        x = tf.ones([length])
+        mine = [int(k) for _ in range(100) for k in four_keys(x).numpy()]
+        with lock:
+            keys.extend(mine)
+
+    threads = [threading.Thread(target=work, args=(j + 1,)) for j in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(keys) == 8 * 100 * 4
+    repeated = sorted(k for k in set(keys) if keys.count(k) > 1)
+    assert repeated == [], f"instance keys handed out twice: {repeated[:10]}"

@@ -2,10 +2,10 @@
 
 Works within one process and across workers of a cluster. Devices share a group key
 per device set. Every launch takes a fresh instance key *when it runs*: a counter on
-this process's CPU hands one out per execution, so two threads running the same traced
-graph at once never present one instance key twice (TensorFlow aborts every collective
-of the process when they do). Each device's collectives are ordered by a per-device
-resource token, so that a ``tf.function`` does not chain the members of one collective
+this process's CPU hands one out per execution, read and incremented by one op under the
+variable's lock, so two threads running traced graphs at once never present one instance
+key twice (TensorFlow aborts every collective of the process when they do). Each
+device's collectives are ordered by a per-device resource token, so that a ``tf.function`` does not chain the members of one collective
 one after another (which would deadlock).
 
 In a TensorFlow 1 graph built for a ``Session`` the instance key is fixed when the
@@ -27,6 +27,8 @@ _group_keys: dict[tuple[str, ...], int] = {}
 _next_group_keys = itertools.count(1)
 _graph_instance_keys = itertools.count(1 << 30)
 _counter: list[tf.Variable] = []
+#: Run-time instance keys count up from 1 and stay below the keys of TensorFlow 1 graphs.
+_KEY_LIMIT = (1 << 30) - 1
 
 
 def group_key(devices: Sequence[str]) -> int:
@@ -60,7 +62,7 @@ def _instance_counter() -> tf.Variable:
         if not _counter:
             with tf.init_scope(), tf.device("/device:CPU:0"):
                 _counter.append(
-                    tf.Variable(0, dtype=tf.int32, trainable=False, name="allreduce_instance_key")
+                    tf.Variable(1, dtype=tf.int32, trainable=False, name="allreduce_instance_key")
                 )
         return _counter[0]
 
@@ -75,7 +77,9 @@ def _instance_key(device: str) -> tf.Tensor:
             return tf.constant(key)
     counter = _instance_counter()
     with tf.device(counter.device):
-        return counter.assign_add(1, read_value=True)
+        # One op that reads and increments under the variable's lock: an assign_add
+        # followed by a read lets two concurrent executions read the same value.
+        return tf.raw_ops.ResourceCountUpTo(resource=counter.handle, limit=_KEY_LIMIT, T=tf.int32)
 
 
 def _ordering_token(device: str) -> tf.Tensor:
