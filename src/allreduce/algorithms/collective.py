@@ -5,8 +5,9 @@ per device set. Every launch takes a fresh instance key *when it runs*: a counte
 this process's CPU hands one out per execution, read and incremented by one op under the
 variable's lock, so two threads running traced graphs at once never present one instance
 key twice (TensorFlow aborts every collective of the process when they do). Each
-device's collectives are ordered by a per-device resource token, so that a ``tf.function`` does not chain the members of one collective
-one after another (which would deadlock).
+device's collectives are ordered by a per-device resource token, so that a
+``tf.function`` does not chain the members of one collective one after another (which
+would deadlock).
 
 In a TensorFlow 1 graph built for a ``Session`` the instance key is fixed when the
 graph is built, as TensorFlow's own collectives do.
