@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
-from allreduce.devices import parse_device_name
+from allreduce.devices import other_cpu_of_worker, parse_device_name
 from allreduce.registry import CPU
 from allreduce.schedules import split_sizes
 from allreduce.traffic import Round, Schedule
@@ -55,24 +55,13 @@ def shares_memory(devices: Sequence[str]) -> bool:
     return all(p.device_type == CPU for p in parsed) and len({p.worker for p in parsed}) == 1
 
 
-def _other_cpu_of_worker(target: str, devices: Sequence[str]) -> str | None:
-    wanted = parse_device_name(target)
-    if wanted.device_type != CPU:
-        return None
-    for name in devices:
-        parsed = parse_device_name(name)
-        if parsed.device_type == CPU and parsed.worker == wanted.worker and parsed != wanted:
-            return name
-    return None
-
-
 def sum_on(r: Round, after: Round, sources: Sequence[str], target: str, nbytes: int) -> None:
     """``sum_on``: every value sent to ``target`` and summed there in one ``add_n``; a
     large CPU sum first hands its own inputs to another CPU of the worker (``r``), and
     takes them back in ``after``."""
     hop = None
     if len(sources) > 2 and nbytes >= HOP_MIN_BYTES:
-        hop = _other_cpu_of_worker(target, sources)
+        hop = other_cpu_of_worker(target, sources)
     wanted = parse_device_name(target)
     for src in sources:
         if hop is not None and parse_device_name(src) == wanted:

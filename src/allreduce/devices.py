@@ -17,6 +17,7 @@ __all__ = [
     "gather_candidates",
     "group_device_names",
     "group_by_worker",
+    "other_cpu_of_worker",
     "parse_device_name",
 ]
 
@@ -168,3 +169,16 @@ def gather_candidates(devices: Sequence[str], device_type: str) -> list[str]:
                 found.setdefault(parsed.with_device("CPU", 0), None)
                 covered.add(parsed.worker)
     return list(found)
+
+
+def other_cpu_of_worker(target: str, devices: Sequence[str]) -> str | None:
+    """The first of ``devices`` that is another CPU of ``target``'s worker, or ``None``
+    (also when ``target`` is not a CPU)."""
+    wanted = parse_device_name(target)
+    if wanted.device_type != "CPU":
+        return None
+    for name in devices:
+        parsed = parse_device_name(name)
+        if parsed.device_type == "CPU" and parsed.worker == wanted.worker and parsed != wanted:
+            return name
+    return None

@@ -13,6 +13,7 @@ from allreduce.devices import (
     build_all_reduce_device_prefixes,
     group_by_worker,
     group_device_names,
+    other_cpu_of_worker,
     parse_device_name,
 )
 
@@ -199,3 +200,15 @@ def test_gpu_inputs_gather_on_cpu0_of_each_worker_that_has_no_cpu_input() -> Non
         "/job:w/replica:0/task:1/device:CPU:0",
     ]
     assert gather_candidates([], "CPU") == []
+
+
+def test_other_cpu_of_worker_is_the_first_other_cpu_of_the_same_worker() -> None:
+    w0 = "/job:w/replica:0/task:0/device:"
+    w1 = "/job:w/replica:0/task:1/device:"
+    devices = [f"{w0}GPU:0", f"{w1}CPU:1", f"{w0}CPU:0", f"{w0}CPU:2", f"{w0}CPU:3"]
+    assert other_cpu_of_worker(f"{w0}CPU:0", devices) == f"{w0}CPU:2"
+    assert other_cpu_of_worker(f"{w0}CPU:3", devices) == f"{w0}CPU:0"
+    # The target itself and another worker's CPU never count.
+    assert other_cpu_of_worker(f"{w0}CPU:0", [f"{w0}CPU:0", f"{w1}CPU:0"]) is None
+    assert other_cpu_of_worker(f"{w0}GPU:0", devices) is None
+    assert other_cpu_of_worker(f"{w0}CPU:0", []) is None

@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 
 from allreduce._tf import tf
-from allreduce.devices import DeviceName, parse_device_name
+from allreduce.devices import other_cpu_of_worker, parse_device_name
 from allreduce.registry import CPU, AlgorithmInfo
 from allreduce.schedules import split_sizes
 from allreduce.wire import PLAIN, Packet, Wire
@@ -273,7 +273,7 @@ def sum_on(
     target = parse_device_name(device)
     size = values[0].shape.num_elements() or 0
     large = len(values) > 2 and size * values[0].dtype.size >= HOP_MIN_BYTES
-    hop = _other_cpu_of_worker(target, value_devices) if large else None
+    hop = other_cpu_of_worker(device, value_devices) if large else None
     if hop is not None:
         for i, (value, where) in enumerate(zip(values, value_devices)):
             # A value the wire transformed was decoded on the summing device too.
@@ -282,13 +282,3 @@ def sum_on(
                     values[i] = tf.ensure_shape(value, value.shape)
     with tf.device(device):
         return tf.add_n(values)
-
-
-def _other_cpu_of_worker(target: DeviceName, devices: Sequence[str]) -> str | None:
-    if target.device_type != CPU:
-        return None
-    for name in devices:
-        parsed = parse_device_name(name)
-        if parsed.device_type == CPU and parsed.worker == target.worker and parsed != target:
-            return name
-    return None
