@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from allreduce import _connection
 from allreduce._cluster_errors import WorkerError
+from allreduce._threads import daemon_thread
 from allreduce._watchdog import Watchdog
 from allreduce.validation import check_seconds
 
@@ -42,7 +43,7 @@ class _Call:
         self.value: Any = None
         self.error: BaseException | None = None
         self._fn, self._args, self._kwargs = fn, args, kwargs
-        threading.Thread(target=self._run, name="allreduce-cluster-run", daemon=True).start()
+        daemon_thread(self._run, "allreduce-cluster-run").start()
 
     def _run(self) -> None:
         try:
@@ -176,7 +177,7 @@ class Cluster:
     def _disconnect(self) -> None:
         stuck = None
         if self._connected:
-            thread = threading.Thread(target=_connection.detach, name="allreduce-disconnect", daemon=True)
+            thread = daemon_thread(_connection.detach, "allreduce-disconnect")
             thread.start()
             thread.join(_DISCONNECT_S)
             if thread.is_alive():

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 
 from allreduce._cluster_errors import WorkerError, WorkerStartError
+from allreduce._threads import daemon_thread
 from allreduce._worker import JOB_NAME
 
 __all__ = ["LOOPBACK", "Supervisor", "WorkerProcess", "free_ports"]
@@ -94,9 +95,7 @@ class WorkerProcess:
             env=env,
             start_new_session=True,
         )
-        self._reader = threading.Thread(
-            target=self._read_heartbeats, name=f"allreduce-worker{task}-heartbeat", daemon=True
-        )
+        self._reader = daemon_thread(self._read_heartbeats, f"allreduce-worker{task}-heartbeat")
         self._reader.start()
 
     @property

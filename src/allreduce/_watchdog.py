@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from allreduce._cluster_errors import WorkerError
 from allreduce._supervisor import WorkerProcess
+from allreduce._threads import daemon_thread
 
 __all__ = ["HEARTBEAT_S", "NetworkProbe", "Probe", "ProcessProbe", "Watchdog"]
 
@@ -149,7 +150,7 @@ class Watchdog:
         self._faulted = threading.Event()
         self._fenced: set[int] = set()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread = daemon_thread(self._loop, name)
 
     @property
     def fault(self) -> WorkerError | None:

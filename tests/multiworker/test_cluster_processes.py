@@ -273,3 +273,23 @@ def test_connecting_twice_in_one_process_is_refused(monkeypatch):
 def test_connect_must_be_a_bool():
     with pytest.raises(TypeError, match="connect must be a bool, got int: 1"), local_cluster(1, 1, connect=1):
         pass
+
+
+def _blocked_signals(thread: threading.Thread) -> set[int]:
+    """The signals ``thread`` blocks, from ``/proc/self/task/<tid>/status``."""
+    with open(f"/proc/self/task/{thread.native_id}/status") as status:
+        mask = int(next(line for line in status if line.startswith("SigBlk:")).split()[1], 16)
+    return {s for s in range(1, 65) if mask & (1 << (s - 1))}
+
+
+def test_the_librarys_threads_leave_ctrl_c_to_the_main_thread():
+    # Linux hands a process's SIGINT to any thread that does not block it, and a main
+    # thread in time.sleep wakes only for one delivered to it: Ctrl-C then waited for the
+    # sleep to end. Every thread the library starts blocks SIGINT and SIGTERM.
+    with local_cluster(1, 1, connect=False) as cluster:
+        cluster.run(lambda: None)
+        ours = [t for t in threading.enumerate() if t.name.startswith("allreduce") and t.is_alive()]
+        blocked = {t.name: _blocked_signals(t) for t in ours}
+    assert {"allreduce-worker0-heartbeat", "allreduce-watchdog"} <= set(blocked), sorted(blocked)
+    for name, signals in blocked.items():
+        assert {signal.SIGINT, signal.SIGTERM} <= signals, f"{name} blocks only {sorted(signals)}"
