@@ -57,7 +57,7 @@ def test_each_spec_runs_with_each_compression_side_by_side(tmp_path, capsys) -> 
 def test_an_unknown_compression_is_a_usage_error(capsys) -> None:
     assert main(["--compression", "none,int8", *TINY_RUN]) == 2
     err = capsys.readouterr().err
-    assert "unknown int8; known: none, bf16, fp16, bf16-all, fp16-all" in err
+    assert "unknown compression 'int8'; known: none, bf16, fp16, bf16-all, fp16-all" in err
 
 
 def test_a_compressed_result_is_wrong_only_beyond_its_bound() -> None:

@@ -89,13 +89,18 @@ def _specs(text: str) -> tuple[str, ...]:
     return specs
 
 
+def _unknown(what: str, unknown: list[str], known: Sequence[str]) -> str:
+    names = ", ".join(repr(n) for n in unknown)
+    return f"unknown {what}{'s' if len(unknown) > 1 else ''} {names}; known: {', '.join(known)}"
+
+
 def _compressions(text: str) -> tuple[str, ...]:
     from allreduce.bench.contenders import COMPRESSIONS
 
     names = _names(text)
     unknown = [n for n in names if n not in COMPRESSIONS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; known: {', '.join(COMPRESSIONS)}")
+        raise argparse.ArgumentTypeError(_unknown("compression", unknown, COMPRESSIONS))
     return names
 
 
@@ -105,7 +110,7 @@ def _peers(text: str) -> tuple[str, ...]:
     names, known = _names(text), peer_names()
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; known: {', '.join(known)}")
+        raise argparse.ArgumentTypeError(_unknown("peer", unknown, known))
     return names
 
 
