@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
-from allreduce.devices import other_cpu_of_worker, parse_device_name
+from allreduce.devices import other_cpu_of_worker, parse_device_name, shares_memory
 from allreduce.registry import CPU
-from allreduce.schedules import split_sizes
+from allreduce.schedules import ALIGN_BYTES, HOP_MIN_BYTES, aligned_split_sizes
 from allreduce.traffic import Round, Schedule
 
 __layer__ = "model"
@@ -29,30 +29,12 @@ __all__ = [
     "sum_on",
 ]
 
-#: As :data:`allreduce.algorithms.base.ALIGN_BYTES`: splits into multiples of it copy nothing.
-ALIGN_BYTES = 64
-#: As :data:`allreduce.algorithms.base.HOP_MIN_BYTES`: larger CPU sums hand an input over first.
-HOP_MIN_BYTES = 1 << 20
-
-
-def aligned_split_sizes(length: int, parts: int, itemsize: int) -> list[int]:
-    """As :func:`allreduce.algorithms.base.aligned_split_sizes`."""
-    granule = max(1, ALIGN_BYTES // itemsize)
-    if length % granule:
-        return split_sizes(length, parts)
-    return [granule * size for size in split_sizes(length // granule, parts)]
-
 
 def split(r: Round, device: str, sizes: Sequence[int], itemsize: int) -> None:
     """``split_on``: a view when every piece is a multiple of the alignment, else a copy."""
     granule = max(1, ALIGN_BYTES // itemsize)
     if len(sizes) > 1 and not (granule > 1 and all(s % granule == 0 for s in sizes)):
         r.copy(device, sum(sizes) * itemsize)
-
-
-def shares_memory(devices: Sequence[str]) -> bool:
-    parsed = [parse_device_name(d) for d in devices]
-    return all(p.device_type == CPU for p in parsed) and len({p.worker for p in parsed}) == 1
 
 
 def sum_on(r: Round, after: Round, sources: Sequence[str], target: str, nbytes: int) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "group_by_worker",
     "other_cpu_of_worker",
     "parse_device_name",
+    "shares_memory",
 ]
 
 _FIELD = re.compile(
@@ -182,3 +183,9 @@ def other_cpu_of_worker(target: str, devices: Sequence[str]) -> str | None:
         if parsed.device_type == "CPU" and parsed.worker == wanted.worker and parsed != wanted:
             return name
     return None
+
+
+def shares_memory(devices: Sequence[str]) -> bool:
+    """Whether all ``devices`` are CPUs of one worker (a copy between them is free)."""
+    parsed = [parse_device_name(d) for d in devices]
+    return all(p.device_type == "CPU" for p in parsed) and len({p.worker for p in parsed}) == 1

@@ -292,7 +292,7 @@ register(
         shard_rule=SHARDS_GATHER,
         gather_type=CPU,
         roundings=roundings.gather_roundings,
-        reducer_roundings=roundings.gather_reducer_roundings,
+        reducer_roundings=roundings.sum_reducer_roundings,
         cost="shuffle",
     )
 )
@@ -307,7 +307,7 @@ register(
         shard_rule=SHARDS_GATHER,
         gather_type=GPU,
         roundings=roundings.gather_roundings,
-        reducer_roundings=roundings.gather_reducer_roundings,
+        reducer_roundings=roundings.sum_reducer_roundings,
         cost="shuffle",
     )
 )

@@ -17,7 +17,6 @@ __layer__ = "pure"
 __all__ = [
     "Roundings",
     "RoundingsRule",
-    "gather_reducer_roundings",
     "gather_roundings",
     "halving_doubling_roundings",
     "native_roundings",
@@ -61,13 +60,8 @@ def gather_roundings(n: int, shards: int) -> Roundings:
     return Roundings(wire=2, adds=n - 1)
 
 
-def gather_reducer_roundings(n: int, shards: int) -> Roundings:
-    # A first level takes no shard count: each input is received where it is summed.
-    del shards
-    return Roundings(wire=1, adds=n - 1)
-
-
 def sum_reducer_roundings(n: int, shards: int) -> Roundings:
+    # A first level takes no shard count: each input is received where it is summed.
     del shards
     return Roundings(wire=1, adds=n - 1)
 

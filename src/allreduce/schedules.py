@@ -12,8 +12,11 @@ from typing import NamedTuple
 __layer__ = "pure"
 
 __all__ = [
+    "ALIGN_BYTES",
+    "HOP_MIN_BYTES",
     "HalvingDoublingPlan",
     "Transfer",
+    "aligned_split_sizes",
     "halving_doubling_plan",
     "ring_all_gather_steps",
     "ring_orders",
@@ -38,6 +41,29 @@ def split_sizes(length: int, parts: int) -> list[int]:
         raise ValueError(f"parts must be at least 1, got {parts}")
     base, extra = divmod(length, parts)
     return [base + 1 if i < extra else base for i in range(parts)]
+
+
+#: TensorFlow's ``Split`` hands out slices of its input's buffer, instead of copies,
+#: when each row it splits off spans a multiple of Eigen's alignment (at most 64 bytes).
+ALIGN_BYTES = 64
+
+#: Sums of tensors this large hand inputs on the summing CPU to another CPU
+#: (:func:`allreduce.algorithms.base.sum_on`).
+HOP_MIN_BYTES = 1 << 20
+
+
+def aligned_split_sizes(length: int, parts: int, itemsize: int) -> list[int]:
+    """Near-equal sizes of ``parts`` pieces of ``length`` elements, each a multiple of
+    :data:`ALIGN_BYTES` when ``length`` is, so that a split copies nothing; otherwise
+    :func:`split_sizes`.
+
+    Raises:
+        ValueError: as :func:`split_sizes`.
+    """
+    granule = max(1, ALIGN_BYTES // itemsize)
+    if length % granule:
+        return split_sizes(length, parts)
+    return [granule * size for size in split_sizes(length // granule, parts)]
 
 
 def ring_orders(num_devices: int, num_rings: int) -> list[list[int]]:

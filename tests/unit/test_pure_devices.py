@@ -15,6 +15,7 @@ from allreduce.devices import (
     group_device_names,
     other_cpu_of_worker,
     parse_device_name,
+    shares_memory,
 )
 
 
@@ -212,3 +213,11 @@ def test_other_cpu_of_worker_is_the_first_other_cpu_of_the_same_worker() -> None
     assert other_cpu_of_worker(f"{w0}CPU:0", [f"{w0}CPU:0", f"{w1}CPU:0"]) is None
     assert other_cpu_of_worker(f"{w0}GPU:0", devices) is None
     assert other_cpu_of_worker(f"{w0}CPU:0", []) is None
+
+
+def test_shares_memory_means_cpus_of_one_worker() -> None:
+    w0 = "/job:w/replica:0/task:0/device:"
+    assert shares_memory([f"{w0}CPU:0", f"{w0}CPU:1"])
+    assert not shares_memory([])  # no worker at all
+    assert not shares_memory([f"{w0}CPU:0", f"{w0}GPU:0"])
+    assert not shares_memory([f"{w0}CPU:0", "/job:w/replica:0/task:1/device:CPU:0"])

@@ -10,8 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from allreduce.schedules import (
+    ALIGN_BYTES,
+    HOP_MIN_BYTES,
     HalvingDoublingPlan,
     Transfer,
+    aligned_split_sizes,
     halving_doubling_plan,
     ring_all_gather_steps,
     ring_orders,
@@ -147,3 +150,19 @@ def test_after_halving_core_device_i_holds_the_ith_piece_in_order(n: int, length
     final = halving_doubling_plan(n, length).intervals[-1]
     assert final[0][0] == 0 and final[-1][1] == length
     assert all(a[1] == b[0] for a, b in itertools.pairwise(final))
+
+
+def test_aligned_split_sizes_keep_64_byte_pieces_where_the_length_allows() -> None:
+    assert (ALIGN_BYTES, HOP_MIN_BYTES) == (64, 1 << 20)
+    # 1,000 float32 values are not a multiple of 16 elements: plain near-equal pieces.
+    assert aligned_split_sizes(1000, 3, 4) == split_sizes(1000, 3) == [334, 333, 333]
+    # 1,024 float32 values are 64 granules of 16: pieces of whole granules.
+    assert aligned_split_sizes(1024, 3, 4) == [352, 336, 336]
+    assert aligned_split_sizes(1024, 3, 8) == [344, 344, 336]
+    # Sizes go to tf.split: ints, never floats of the same value.
+    assert all(type(size) is int for size in aligned_split_sizes(1024, 3, 4))
+    # Items of 64 bytes or more are their own granule.
+    assert aligned_split_sizes(10, 3, 128) == [4, 3, 3]
+    assert aligned_split_sizes(0, 2, 4) == [0, 0]
+    with pytest.raises(ValueError, match="parts must be at least 1, got 0"):
+        aligned_split_sizes(32, 0, 4)

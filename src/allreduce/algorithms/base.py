@@ -9,9 +9,9 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 
 from allreduce._tf import tf
-from allreduce.devices import other_cpu_of_worker, parse_device_name
+from allreduce.devices import other_cpu_of_worker, parse_device_name, shares_memory
 from allreduce.registry import CPU, AlgorithmInfo
-from allreduce.schedules import split_sizes
+from allreduce.schedules import ALIGN_BYTES, HOP_MIN_BYTES, aligned_split_sizes
 from allreduce.wire import PLAIN, Packet, Wire
 
 __all__ = [
@@ -115,25 +115,6 @@ def broadcast(value: tf.Tensor, src: str, devices: Sequence[str], ctx: BuildCont
     """
     packet = ctx.wire.publish(value, src, devices)
     return [ctx.wire.open(packet, d) for d in devices]
-
-
-#: TensorFlow's ``Split`` hands out slices of its input's buffer, instead of copies,
-#: when each row it splits off spans a multiple of Eigen's alignment (at most 64 bytes).
-ALIGN_BYTES = 64
-
-
-#: Sums of tensors this large hand inputs on the summing CPU to another CPU (:func:`sum_on`).
-HOP_MIN_BYTES = 1 << 20
-
-
-def aligned_split_sizes(length: int, parts: int, itemsize: int) -> list[int]:
-    """Near-equal sizes of ``parts`` pieces of ``length`` elements, each a multiple of
-    :data:`ALIGN_BYTES` when ``length`` is, so that :func:`split_on` copies nothing;
-    otherwise :func:`allreduce.schedules.split_sizes`."""
-    granule = max(1, ALIGN_BYTES // itemsize)
-    if length % granule:
-        return split_sizes(length, parts)
-    return [granule * size for size in split_sizes(length // granule, parts)]
 
 
 _graph_lock = threading.Lock()
@@ -245,12 +226,6 @@ def concat_each(
         opened = [ctx.wire.open(p, p.device) if p.encoded else p.tensor for p in pieces]
         out.append(concat_1d(opened, device))
     return out
-
-
-def shares_memory(devices: Sequence[str]) -> bool:
-    """Whether all ``devices`` are CPUs of one worker (a copy between them is free)."""
-    parsed = [parse_device_name(d) for d in devices]
-    return all(p.device_type == CPU for p in parsed) and len({p.worker for p in parsed}) == 1
 
 
 def sum_on(
