@@ -19,11 +19,11 @@ from __future__ import annotations
 import pytest
 from tests.strategies import cpu
 
-from allreduce.bench.cases import Case, many_small_case, sweep_cases
-from allreduce.bench.contenders import Contender, Setup, SpecContender, default_specs
-from allreduce.bench.driver import compile_step, count_wrong, drain, make_inputs
 from allreduce.bench.options import BATCH_PACKING, FULL, QUICK
-from allreduce.bench.peers import default_peers
+from allreduce.measure.cases import Case, many_small_case, sweep_cases
+from allreduce.measure.contenders import Contender, Setup, SpecContender, default_specs
+from allreduce.measure.driver import compile_step, count_wrong, drain, make_inputs
+from allreduce.measure.peers import default_peers
 
 KINDS = ("cpu", "gpu")
 DEVICE_COUNTS = (2, 4)

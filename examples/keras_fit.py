@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 import allreduce
-from allreduce.compression import CastWire
 from allreduce.cross_device_ops import SpecCrossDeviceOps
+from allreduce.graph.compression import CastWire
 
 VOCAB, LENGTH, FEATURES, CLASSES = 500, 10, 8, 4
 GLOBAL_BATCH = 128

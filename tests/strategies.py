@@ -6,8 +6,8 @@ import numpy as np
 import tensorflow as tf
 from hypothesis import strategies as st
 
-from allreduce.registry import algorithm_names, get_algorithm
-from allreduce.wire_formats import COMPRESSIONS
+from allreduce.planning.registry import algorithm_names, get_algorithm
+from allreduce.planning.wire_formats import COMPRESSIONS
 
 FLAT_NAMES = algorithm_names()
 COMPOSABLE = [n for n in FLAT_NAMES if get_algorithm(n).composable]

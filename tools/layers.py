@@ -47,7 +47,7 @@ def pure_paths() -> list[str]:
 
 
 def module_name(path: str) -> str:
-    """``allreduce.spec`` for ``src/allreduce/spec.py``."""
+    """``allreduce.planning.spec`` for ``src/allreduce/planning/spec.py``."""
     return ".".join(Path(path).relative_to("src").with_suffix("").parts)
 
 

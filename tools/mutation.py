@@ -50,7 +50,7 @@ STAGING = ROOT / "build" / "mutation"
 def _registry():
     """The algorithm registry, imported from the source tree (it needs no TensorFlow)."""
     sys.path.insert(0, str(ROOT / "src"))
-    from allreduce import registry
+    from allreduce.planning import registry
 
     return registry
 
@@ -69,7 +69,7 @@ def algorithm_modules() -> dict[str, bool]:
         cpu = registry.CPU in info.device_types or info.emulable
         for target in (info.builder, info.reducer):
             if target:
-                module = f"src/allreduce/algorithms/{target.split(':')[0]}.py"
+                module = f"src/allreduce/graph/algorithms/{target.split(':')[0]}.py"
                 runnable[module] = runnable.get(module, False) or cpu
     return runnable
 
@@ -190,12 +190,13 @@ def results(where: Path) -> dict[str, str]:
 
 
 def module_of(mutant: str) -> str:
-    """``allreduce.spec`` for ``allreduce.spec.x_parse__mutmut_3`` or ``...xǁClassǁmethod__mutmut_1``."""
+    """``allreduce.planning.spec`` for ``allreduce.planning.spec.x_parse__mutmut_3`` or
+    ``...xǁClassǁmethod__mutmut_1``."""
     return re.split(r"\.x[_\u01c1]", mutant, maxsplit=1)[0]
 
 
 def _path_of(module: str) -> str:
-    """``src/allreduce/algorithms/ring.py`` for ``allreduce.algorithms.ring``."""
+    """``src/allreduce/graph/algorithms/ring.py`` for ``allreduce.graph.algorithms.ring``."""
     return "src/" + module.replace(".", "/") + ".py"
 
 

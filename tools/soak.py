@@ -45,7 +45,7 @@ class _Count(logging.Handler):
 
 def _phase(name: str, calls: int, make, spec: str, counter: _Count) -> dict:
     import allreduce
-    from allreduce import _eager
+    from allreduce.graph import eager as _eager
 
     # Warm-up: the first traces, allocator pools, and a full cache of traced graphs.
     for i in range(_eager.CACHE_SIZE + 50):

@@ -7,7 +7,7 @@
 One run, one process: it tunes the workload (48 tensors, 1 to 4M elements, log-uniform)
 in a fresh cache within the budget, then measures the tuned spec, every single candidate
 spec and the default ``xring`` on the whole workload in one round-robin
-(``allreduce.bench.driver.run_case``), and every candidate on every size band (the
+(``allreduce.measure.driver.run_case``), and every candidate on every size band (the
 exhaustive sweep the tuning avoided) to find the fitted model's error on the cells it
 did not measure. It times a cache hit and an ``auto`` resolution, and with ``--reruns``
 tunes again in fresh caches to count how often the same spec comes back.
@@ -39,12 +39,12 @@ def workload(seed: int, count: int = 48, largest: int = 4 << 20) -> list[int]:
 
 def measure_all(devices, sizes, specs, iters, warmup=2):
     """Median seconds of one step of each spec on ``sizes``, side by side."""
-    from allreduce.bench.cases import Case
-    from allreduce.bench.contenders import SpecContender
+    from allreduce.measure.cases import Case
+    from allreduce.measure.contenders import SpecContender
     from allreduce.tuning.measure import Measurer
 
     setup = Measurer(devices, "float32").setup
-    from allreduce.bench.driver import run_case
+    from allreduce.measure.driver import run_case
 
     case = Case("workload", tuple((s,) for s in sizes), "float32")
     results = run_case(
@@ -63,8 +63,8 @@ def model_error(entry, devices, sizes, iters):
     the cost model on cells it was not fitted on: the tuning's model on the bands it did
     not measure of the algorithms it measured, the same on every unmeasured cell, and a
     model fitted on the sweep's even bands predicting its odd ones."""
-    from allreduce.cost_model import Model, Sample, fit
-    from allreduce.tuning.workload import Workload
+    from allreduce.planning.cost_model import Model, Sample, fit
+    from allreduce.selection.workload import Workload
 
     model = Model.from_json(entry["model"])
     work = Workload(devices, sizes, 4)
@@ -94,7 +94,7 @@ def model_error(entry, devices, sizes, iters):
 
 
 def run(devices, args) -> dict:
-    from allreduce.tuning import auto
+    from allreduce.selection import auto
     from allreduce.tuning.tuner import tune_entry
 
     sizes = workload(args.seed)

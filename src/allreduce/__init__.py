@@ -3,12 +3,24 @@
 >>> import allreduce
 >>> results = allreduce.all_reduce(tensors, "xring#2")        # doctest: +SKIP
 
-The pure planning layer (:mod:`allreduce.spec`, :mod:`allreduce.devices`,
-:mod:`allreduce.ranges`, :mod:`allreduce.schedules`, :mod:`allreduce.registry`) needs
-neither a graph nor TensorFlow: ``import allreduce.spec`` works where TensorFlow is not
-installed. The public names below are loaded on first use; a name that needs TensorFlow
-raises an ``ImportError`` with install advice when TensorFlow is missing.
-:mod:`allreduce.algorithms` holds one module per algorithm.
+The package is arranged by layer, each a folder whose docstring says what it may use;
+imports run one way, top to bottom (``lint-imports`` checks it):
+
+- :mod:`allreduce.bench`: the ``allreduce-bench`` command line, its report and plot;
+- :mod:`allreduce.tuning`: :func:`tune`, which measures;
+- :mod:`allreduce.measure`: the measuring engine that tuning and the benchmark share;
+- the entry points: :mod:`allreduce.api`, :mod:`allreduce.cross_device_ops`,
+  :mod:`allreduce.compat`;
+- :mod:`allreduce.cluster`: the cluster backends;
+- :mod:`allreduce.graph`: TensorFlow ops; :mod:`allreduce.graph.algorithms` holds one
+  builder per algorithm;
+- :mod:`allreduce.selection`: ``"auto"`` resolved, and :func:`explain` (no TensorFlow);
+- :mod:`allreduce.planning`: the spec language, devices, schedules, the registry and
+  the cost formulas (no TensorFlow: it imports where TensorFlow is not installed);
+- :mod:`allreduce.core`: argument checks and the tables every layer reads.
+
+The public names below are loaded on first use; a name that needs TensorFlow raises an
+``ImportError`` with install advice when TensorFlow is missing.
 """
 
 from __future__ import annotations
@@ -30,24 +42,24 @@ _EXPORTS = {
     "sum_grad_and_var_all_reduce": "allreduce.compat",
     "sum_gradients_all_reduce": "allreduce.compat",
     "SpecCrossDeviceOps": "allreduce.cross_device_ops",
-    "build_all_reduce_device_prefixes": "allreduce.devices",
-    "explain": "allreduce.explanation",
-    "group_device_names": "allreduce.devices",
-    "error_bound": "allreduce.accuracy",
-    "logical_devices": "allreduce.local_devices",
-    "GradPackTuple": "allreduce.packing",
-    "pack_range": "allreduce.packing",
-    "pack_small_tensors": "allreduce.packing",
-    "split_grads_by_size": "allreduce.packing",
-    "unpack_grad_tuple": "allreduce.packing",
-    "unpack_small_tensors": "allreduce.packing",
-    "extract_ranges": "allreduce.ranges",
-    "algorithm_names": "allreduce.registry",
-    "get_algorithm": "allreduce.registry",
-    "AllReduceSpecTuple": "allreduce.spec",
-    "format_all_reduce_spec": "allreduce.spec",
-    "parse_all_reduce_spec": "allreduce.spec",
-    "parse_general_int": "allreduce.spec",
+    "build_all_reduce_device_prefixes": "allreduce.planning.devices",
+    "explain": "allreduce.selection.explain",
+    "group_device_names": "allreduce.planning.devices",
+    "error_bound": "allreduce.planning.accuracy",
+    "logical_devices": "allreduce.graph.local_devices",
+    "GradPackTuple": "allreduce.graph.packing",
+    "pack_range": "allreduce.graph.packing",
+    "pack_small_tensors": "allreduce.graph.packing",
+    "split_grads_by_size": "allreduce.graph.packing",
+    "unpack_grad_tuple": "allreduce.graph.packing",
+    "unpack_small_tensors": "allreduce.graph.packing",
+    "extract_ranges": "allreduce.planning.ranges",
+    "algorithm_names": "allreduce.planning.registry",
+    "get_algorithm": "allreduce.planning.registry",
+    "AllReduceSpecTuple": "allreduce.planning.spec",
+    "format_all_reduce_spec": "allreduce.planning.spec",
+    "parse_all_reduce_spec": "allreduce.planning.spec",
+    "parse_general_int": "allreduce.planning.spec",
     "tune": "allreduce.tuning",
 }
 

@@ -1,10 +1,10 @@
 """The spec-driven entry points: :func:`all_reduce` and :func:`batch_all_reduce`.
 
 Both validate everything once per call, plan the batch in pure Python
-(:func:`allreduce.plan.plan_batch`) and emit it (:func:`allreduce.emit.emit_batch`).
+(:func:`allreduce.planning.plan.plan_batch`) and emit it (:func:`allreduce.graph.emit.emit_batch`).
 Inside a ``tf.function`` or a TensorFlow 1 graph the ops go into the graph being built.
 Eagerly, the same graph is traced once into a ``tf.function`` kept in a bounded cache
-(:mod:`allreduce._eager`) and called: one call runs every op of the all-reduce
+(:mod:`allreduce.graph.eager`) and called: one call runs every op of the all-reduce
 together, and no eager op with shape arguments runs, which TensorFlow 2.21 does not
 keep apart between threads. Every entry point may be called from several threads.
 
@@ -18,31 +18,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from allreduce import _eager
-from allreduce._tf import SUPPORTED_DTYPES, tf
-from allreduce.compression import wire_for
-from allreduce.devices import parse_device_name
-from allreduce.emit import Options, emit_batch
-from allreduce.plan import DEFAULT_PACK_MAX_GROUP, Bucket, plan_batch
-from allreduce.registry import get_algorithm
-from allreduce.spec import AllReduceSpecTuple
-from allreduce.validation import (
-    check_device_names,
-    check_devices_exist,
+from allreduce.core._tf import SUPPORTED_DTYPES, tf
+from allreduce.core.tables import REDUCTIONS
+from allreduce.core.validation import (
     check_int,
     check_reduction,
     check_seconds,
-    check_spec,
     check_tensor_list,
     check_towers,
     check_worker_groups,
 )
-from allreduce.wire import Wire
+from allreduce.graph import eager as _eager
+from allreduce.graph.compression import wire_for
+from allreduce.graph.emit import Options, emit_batch
+from allreduce.graph.local_devices import check_devices_exist
+from allreduce.graph.wire import Wire
+from allreduce.planning.devices import check_device_names, parse_device_name
+from allreduce.planning.plan import DEFAULT_PACK_MAX_GROUP, Bucket, plan_batch
+from allreduce.planning.registry import get_algorithm
+from allreduce.planning.spec import AllReduceSpecTuple, check_spec
 
 __all__ = ["DEFAULT_PACK_MAX_GROUP", "REDUCTIONS", "SUPPORTED_DTYPES", "all_reduce", "batch_all_reduce"]
 
 Reduction = Literal["sum", "mean"]
-REDUCTIONS = ("sum", "mean")
 WorkerGroups = Sequence[Sequence[int]]
 
 
@@ -93,7 +91,7 @@ def _request(
     first = towers[0]
     if auto:
         # The cached tuning or the cost model's choice for this batch; never measures.
-        from allreduce.tuning.auto import resolve
+        from allreduce.selection.auto import resolve
 
         specs = check_spec(resolve(names, [t.shape.num_elements() for t in first], first[0].dtype.name))
     for t in first:
@@ -162,7 +160,7 @@ def all_reduce(
     Args:
         tensors: one tensor (or variable) per device, each on its device, all of one
             shape and dtype.
-        spec: a spec string (see :mod:`allreduce.spec`) or parsed spec tuples; with size
+        spec: a spec string (see :mod:`allreduce.planning.spec`) or parsed spec tuples; with size
             ranges, the range that holds the tensor's element count is used.
             ``"auto"``: the spec :func:`allreduce.tune` cached for these devices, or
             the cost model's choice (see docs/tuning.md); it never measures.
@@ -173,7 +171,7 @@ def all_reduce(
             default devices are grouped by their ``/job/replica/task``.
         timeout_s: for ``collective``, the most seconds to wait for peers (0: none).
         compression: ``"none"``, ``"bf16"`` or ``"fp16"``: floating values cross devices
-            in that type where bytes cost (see :mod:`allreduce.compression`).
+            in that type where bytes cost (see :mod:`allreduce.graph.compression`).
 
     Returns:
         One result per input, in order, each on its input's device; all results are

@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from allreduce._tf import tf
 from allreduce.api import batch_all_reduce
-from allreduce.compression import wire_for
-from allreduce.devices import group_by_worker
-from allreduce.packing import pack_small_tensors, validate_tower_grads
-from allreduce.registry import get_algorithm
-from allreduce.validation import check_int
-from allreduce.wire import Wire
+from allreduce.core._tf import tf
+from allreduce.core.validation import check_int
+from allreduce.graph.compression import wire_for
+from allreduce.graph.packing import pack_small_tensors, validate_tower_grads
+from allreduce.graph.wire import Wire
+from allreduce.planning.devices import group_by_worker
+from allreduce.planning.registry import get_algorithm
 
 __all__ = [
     "aggregate_gradients_using_copy_with_device_selection",

@@ -28,11 +28,12 @@ from tensorflow.python.distribute import distribute_utils as _distribute_utils
 from tensorflow.python.distribute import values as _values
 
 from allreduce import api as _api
-from allreduce._tf import SUPPORTED_DTYPES, tf
-from allreduce.compression import wire_for
-from allreduce.registry import get_algorithm
-from allreduce.validation import check_bool, check_int, check_seconds, check_spec
-from allreduce.wire import Wire
+from allreduce.core._tf import SUPPORTED_DTYPES, tf
+from allreduce.core.validation import check_bool, check_int, check_seconds
+from allreduce.graph.compression import wire_for
+from allreduce.graph.wire import Wire
+from allreduce.planning.registry import get_algorithm
+from allreduce.planning.spec import check_spec
 
 __all__ = ["SpecCrossDeviceOps"]
 
@@ -114,7 +115,7 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
                 tensor name, shape and dtype).
             timeout_s: for the ``collective`` algorithm, the most seconds to wait.
             compression: ``"none"``, ``"bf16"`` or ``"fp16"``, or a wire such as
-                ``allreduce.compression.CastWire("bf16", everywhere=True)``, as in
+                ``allreduce.graph.compression.CastWire("bf16", everywhere=True)``, as in
                 :func:`allreduce.batch_all_reduce`.
 
         Raises:
@@ -127,7 +128,7 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
             raise TypeError(
                 f"spec must be a spec string such as 'xring', got {type(spec).__name__}: {spec!r}"
             )
-        # "auto" is resolved per batch at its first step (allreduce.tuning.auto).
+        # "auto" is resolved per batch at its first step (allreduce.selection.auto).
         for item in [] if spec == "auto" else check_spec(spec):  # a bad spec raises now
             if not get_algorithm(item.alg).reduces:
                 raise ValueError(

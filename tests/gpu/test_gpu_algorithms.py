@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import allreduce
-from allreduce.registry import GPU, algorithm_names, get_algorithm
+from allreduce.planning.registry import GPU, algorithm_names, get_algorithm
 from tests.cases import Case, check_outcome, run_case
 from tests.strategies import ALL_TEST_DTYPES, make_tensor, shapes
 

@@ -17,8 +17,9 @@ import threading
 import pytest
 import tensorflow as tf
 
-from allreduce import _connection, _supervisor
 from allreduce.cluster import LocalCluster, WorkerError, WorkerStartError, local_cluster
+from allreduce.cluster import connection as _connection
+from allreduce.cluster import supervisor as _supervisor
 
 from .conftest import ROOT, process_gone, wait_gone
 

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from allreduce import _connection, _watchdog
 from allreduce.cluster import connect, local_cluster
+from allreduce.cluster import connection as _connection
+from allreduce.cluster import watchdog as _watchdog
 from tests.oracle import exact_sum
 
 from .conftest import InteractiveClient

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from allreduce.registry import CPU, algorithm_names, get_algorithm
+from allreduce.planning.registry import CPU, algorithm_names, get_algorithm
 from tests.oracle import exact_sum
 
 from .conftest import run_client

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import allreduce
-from allreduce.registry import CPU, algorithm_names, get_algorithm
+from allreduce.planning.registry import CPU, algorithm_names, get_algorithm
 from tests.cases import Case, Outcome, check_outcome, partition, placement, run_case
 from tests.oracle import to_float64
 from tests.strategies import ALL_TEST_DTYPES, cpu, make_tensor, random_values, shapes

@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import allreduce
-from allreduce.compression import CastWire
-from allreduce.registry import CPU, algorithm_names, get_algorithm
-from allreduce.wire_formats import WIRE_FORMATS
+from allreduce.graph.compression import CastWire
+from allreduce.planning.registry import CPU, algorithm_names, get_algorithm
+from allreduce.planning.wire_formats import WIRE_FORMATS
 from tests.cases import partition
 from tests.oracle import exact_sum, to_float64
 from tests.strategies import cpu, make_tensor

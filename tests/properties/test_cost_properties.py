@@ -17,11 +17,11 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import allreduce
-from allreduce.cost import Job, schedule_of
-from allreduce.cost_model import DEFAULT, bucket_costs
-from allreduce.registry import algorithm_names, get_algorithm
-from allreduce.spec import parse_all_reduce_spec
-from allreduce.traffic import Round, Schedule, features
+from allreduce.planning.cost import Job, schedule_of
+from allreduce.planning.cost_model import DEFAULT, bucket_costs
+from allreduce.planning.registry import algorithm_names, get_algorithm
+from allreduce.planning.spec import parse_all_reduce_spec
+from allreduce.planning.traffic import Round, Schedule, features
 
 DTYPES = {tf.float32: 4, tf.float64: 8, tf.float16: 2, tf.int32: 4}
 
@@ -234,9 +234,9 @@ def test_a_hierarchical_plan_costs_the_sum_of_its_levels(lower, upper, workers, 
 
 
 def _cost(info, schedule):
-    from allreduce.cost_model import BucketCost
-    from allreduce.plan import Bucket
-    from allreduce.spec import AllReduceSpecTuple
+    from allreduce.planning.cost_model import BucketCost
+    from allreduce.planning.plan import Bucket
+    from allreduce.planning.spec import AllReduceSpecTuple
 
     bucket = Bucket((0,), (1,), AllReduceSpecTuple(info.name, 1, -1), 0)
     return BucketCost(bucket, schedule, features(schedule))
@@ -254,8 +254,8 @@ def test_a_schedule_sends_a_value_to_a_device_once():
 @pytest.mark.parametrize(("kind", "shards"), [("CPU", 1), ("CPU", 2), ("CPU", 3), ("GPU", 1)])
 def test_a_shuffle_reducer_moves_what_its_graph_moves(shards, kind):
     # A reducer is a first level: it ignores a shard count, and so does its schedule.
-    from allreduce.algorithms.base import BuildContext
-    from allreduce.algorithms.shuffle import reduce_on_cpus
+    from allreduce.graph.algorithms.base import BuildContext
+    from allreduce.graph.algorithms.shuffle import reduce_on_cpus
 
     devices = names(kind, 1, 4)
     with tf.Graph().as_default() as graph:
@@ -285,8 +285,8 @@ def test_the_baseline_moves_nothing():
 
 @given(length=st.integers(0, 100_000), parts=st.integers(1, 9), itemsize=st.sampled_from([1, 2, 4, 8]))
 def test_the_formulas_cut_tensors_as_the_builders_do(length, parts, itemsize):
-    from allreduce import cost_steps
-    from allreduce.algorithms import base
+    from allreduce.graph.algorithms import base
+    from allreduce.planning import cost_steps
 
     assert (cost_steps.ALIGN_BYTES, cost_steps.HOP_MIN_BYTES) == (base.ALIGN_BYTES, base.HOP_MIN_BYTES)
     assert cost_steps.aligned_split_sizes(length, parts, itemsize) == base.aligned_split_sizes(

@@ -19,9 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import allreduce
-from allreduce.compression import SCALE_SCOPE
-from allreduce.devices import parse_device_name
-from allreduce.registry import CPU, GPU, algorithm_names, get_algorithm
+from allreduce.graph.compression import SCALE_SCOPE
+from allreduce.planning.devices import parse_device_name
+from allreduce.planning.registry import CPU, GPU, algorithm_names, get_algorithm
 from tests.cases import Case, Outcome, check_outcome, partition
 from tests.oracle import to_float64
 from tests.strategies import ALL_TEST_DTYPES, shapes

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from allreduce import pack_small_tensors, unpack_small_tensors
-from allreduce.packing import PACKED_VAR_PLACEHOLDER
+from allreduce.graph.packing import PACKED_VAR_PLACEHOLDER
 from tests.strategies import TEST_DTYPES, cpu, make_tensor, random_values, shapes
 
 

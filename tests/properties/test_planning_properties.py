@@ -9,9 +9,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from allreduce import extract_ranges, group_device_names
-from allreduce.devices import group_by_worker, parse_device_name
-from allreduce.ranges import plan_small_tensor_packs
-from allreduce.schedules import (
+from allreduce.planning.devices import group_by_worker, parse_device_name
+from allreduce.planning.ranges import plan_small_tensor_packs
+from allreduce.planning.schedules import (
     halving_doubling_plan,
     ring_all_gather_steps,
     ring_orders,

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from allreduce import AllReduceSpecTuple, format_all_reduce_spec, parse_all_reduce_spec, parse_general_int
-from allreduce.registry import get_algorithm
+from allreduce.planning.registry import get_algorithm
 from tests.strategies import SUFFIXES, spec_like_text, valid_spec_text
 
 

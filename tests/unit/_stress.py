@@ -149,7 +149,7 @@ def run(spec: str, graph: bool) -> list[str]:
 
 
 def main(scenario: str, out: Path) -> None:
-    from allreduce.registry import algorithm_names, get_algorithm
+    from allreduce.planning.registry import algorithm_names, get_algorithm
 
     specs = [
         n for n in algorithm_names() if "CPU" in get_algorithm(n).device_types and get_algorithm(n).reduces

@@ -1,4 +1,4 @@
-"""The shared builder helpers of ``allreduce.algorithms.base``: the graphs they build.
+"""The shared builder helpers of ``allreduce.graph.algorithms.base``: the graphs they build.
 
 The results of these helpers are covered by the algorithm tests; these check the
 shapes of the graphs they build (the ops, their devices and inputs), which is what the
@@ -13,8 +13,8 @@ CPUS = [cpu(i) for i in range(4)]
 
 
 def _context():
-    from allreduce.algorithms.base import BuildContext
-    from allreduce.registry import get_algorithm
+    from allreduce.graph.algorithms.base import BuildContext
+    from allreduce.planning.registry import get_algorithm
 
     return BuildContext(info=get_algorithm("simple"))
 
@@ -28,7 +28,7 @@ def _graph_ops(build):
 def test_a_cpu_sum_of_more_than_two_takes_no_input_from_its_own_device():
     import tensorflow as tf
 
-    from allreduce.algorithms.base import HOP_MIN_BYTES, sum_on
+    from allreduce.graph.algorithms.base import HOP_MIN_BYTES, sum_on
 
     large = HOP_MIN_BYTES // 4
     ctx = _context()
@@ -57,7 +57,7 @@ def test_a_cpu_sum_of_more_than_two_takes_no_input_from_its_own_device():
 def test_aligned_splits_cut_rows_of_a_2d_view_and_others_cut_the_vector():
     import tensorflow as tf
 
-    from allreduce.algorithms.base import aligned_split_sizes, split_on
+    from allreduce.graph.algorithms.base import aligned_split_sizes, split_on
 
     assert aligned_split_sizes(64, 3, 4) == [32, 16, 16]
     assert aligned_split_sizes(65, 3, 4) == [22, 22, 21]
@@ -75,8 +75,8 @@ def test_aligned_splits_cut_rows_of_a_2d_view_and_others_cut_the_vector():
 def test_cpus_of_one_worker_concatenate_once():
     import tensorflow as tf
 
-    from allreduce.algorithms.base import concat_each, shares_memory
-    from allreduce.wire import PLAIN
+    from allreduce.graph.algorithms.base import concat_each, shares_memory
+    from allreduce.graph.wire import PLAIN
 
     other = "/job:worker/replica:0/task:1/device:CPU:0"
     assert shares_memory(CPUS) and not shares_memory([*CPUS, other])

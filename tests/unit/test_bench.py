@@ -15,12 +15,12 @@ import sys
 import numpy as np
 import pytest
 
-from allreduce.bench import cases
 from allreduce.bench.cli import main
-from allreduce.bench.contenders import Contender, Setup, SpecContender, default_specs
-from allreduce.bench.driver import run_case
-from allreduce.bench.peers import NumpyFloor
-from allreduce.registry import algorithm_names, get_algorithm
+from allreduce.measure import cases
+from allreduce.measure.contenders import Contender, Setup, SpecContender, default_specs
+from allreduce.measure.driver import run_case
+from allreduce.measure.peers import NumpyFloor
+from allreduce.planning.registry import algorithm_names, get_algorithm
 from tests.oracle import exact_sum
 from tests.strategies import cpu
 
@@ -195,7 +195,7 @@ def test_verbose_logs_the_devices_the_cases_and_each_contender(caplog, capsys):
     argv = ["--specs", "xring", "--peers", "numpy", *TINY_RUN, "--max-bytes", "1024", "-v"]
     with caplog.at_level(logging.INFO, logger="allreduce"):
         assert main(argv) == 0
-    messages = [r.getMessage() for r in caplog.records if r.name.startswith("allreduce.bench")]
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith(("allreduce.bench", "allreduce.measure"))]
     assert any(m.startswith("devices: ") and CPUS[3] in m for m in messages)
     assert "cases: 1KiB" in messages
     for name in ("xring", "numpy"):

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from allreduce.registry import algorithm_names, get_algorithm
+from allreduce.planning.registry import algorithm_names, get_algorithm
 
 # Runs main() on each argv of a JSON list with the named modules blocked; prints the
 # status, stdout and stderr of each, and which of the blocked modules got loaded.
@@ -39,7 +39,7 @@ for argv in json.loads(sys.argv[2]):
             status = f"raised {type(exc).__name__}: {exc}"
     runs.append({"status": status, "out": out.getvalue(), "err": err.getvalue()})
 loaded = sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in blocked)
-print(json.dumps({"runs": runs, "loaded": loaded, "tf_shim": "allreduce._tf" in sys.modules}))
+print(json.dumps({"runs": runs, "loaded": loaded, "tf_shim": "allreduce.core._tf" in sys.modules}))
 """
 
 # Restores Python's own SIGINT handler (a shell may start background jobs with SIGINT

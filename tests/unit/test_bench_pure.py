@@ -11,10 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from allreduce.bench import cases, preflight
-from allreduce.bench.catalog import format_spec_list
-from allreduce.bench.contenders import FLOOR, OURS, PEER
-from allreduce.bench.driver import Result, count_wrong
+from allreduce.bench import preflight
 from allreduce.bench.options import (
     BATCH_PACKING,
     FULL,
@@ -25,7 +22,11 @@ from allreduce.bench.options import (
     resolve_options,
 )
 from allreduce.bench.report import format_number, format_rows, format_summary
-from allreduce.registry import NAMED_HIERARCHICAL, algorithm_names, get_algorithm
+from allreduce.measure import cases
+from allreduce.measure.catalog import format_spec_list
+from allreduce.measure.contenders import FLOOR, OURS, PEER
+from allreduce.measure.driver import Result, count_wrong
+from allreduce.planning.registry import NAMED_HIERARCHICAL, algorithm_names, get_algorithm
 from tests.oracle import exact_sum
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,4 +263,4 @@ def test_the_benchmark_names_no_algorithm_of_its_own(path):
     # algorithm: a fact about TensorFlow, not a list of contenders.
     names = set(algorithm_names()) | set(NAMED_HIERARCHICAL)
     named = {s for s in _string_constants(path) if s.split("#")[0] in names}
-    assert not named, f"{path.name} names {sorted(named)}: take them from allreduce.registry"
+    assert not named, f"{path.name} names {sorted(named)}: take them from allreduce.planning.registry"

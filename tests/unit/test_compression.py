@@ -14,10 +14,10 @@ import pytest
 import tensorflow as tf
 
 import allreduce
-from allreduce.compression import CastWire, _bucket_scale, wire_for
 from allreduce.cross_device_ops import SpecCrossDeviceOps
-from allreduce.wire import PLAIN
-from allreduce.wire_formats import FLOAT_FORMATS, WIRE_FORMATS, scale_exponent
+from allreduce.graph.compression import CastWire, _bucket_scale, wire_for
+from allreduce.graph.wire import PLAIN
+from allreduce.planning.wire_formats import FLOAT_FORMATS, WIRE_FORMATS, scale_exponent
 from tests.oracle import exact_sum, to_float64
 from tests.strategies import cpu, make_tensor
 

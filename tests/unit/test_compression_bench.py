@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import allreduce
-from allreduce.bench import cases
 from allreduce.bench.cli import main
-from allreduce.bench.contenders import Setup, SpecContender
-from allreduce.bench.driver import count_wrong, largest_error
+from allreduce.measure import cases
+from allreduce.measure.contenders import Setup, SpecContender
+from allreduce.measure.driver import count_wrong, largest_error
 from tests.strategies import cpu
 
 TINY_RUN = ["--quick", "--max-bytes", "4096", "--iters", "2", "--warmup", "0", "--no-progress", "--no-peers"]

@@ -14,9 +14,9 @@ import pytest
 import tensorflow as tf
 
 import allreduce
-from allreduce.accuracy import rounding_path
-from allreduce.compression import CastWire
-from allreduce.registry import CPU, GPU, Roundings, algorithm_names, get_algorithm
+from allreduce.graph.compression import CastWire
+from allreduce.planning.accuracy import rounding_path
+from allreduce.planning.registry import CPU, GPU, Roundings, algorithm_names, get_algorithm
 from tests.strategies import cpu
 
 WIRE = CastWire("bf16", everywhere=True)

@@ -18,11 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import allreduce
-from allreduce.accuracy import ErrorBound, _flat_path, _upper_path, error_bound, gamma, rounding_path
-from allreduce.registry import AlgorithmInfo, Roundings, algorithm_names, get_algorithm
-from allreduce.spec import AllReduceSpecTuple as T
-from allreduce.spec import format_all_reduce_spec, parse_all_reduce_spec
-from allreduce.wire_formats import FLOAT_FORMATS, WIRE_FORMATS, needs_scaling, scale_exponent
+from allreduce.planning.accuracy import ErrorBound, _flat_path, _upper_path, error_bound, gamma, rounding_path
+from allreduce.planning.registry import AlgorithmInfo, Roundings, algorithm_names, get_algorithm
+from allreduce.planning.spec import AllReduceSpecTuple as T
+from allreduce.planning.spec import format_all_reduce_spec, parse_all_reduce_spec
+from allreduce.planning.wire_formats import FLOAT_FORMATS, WIRE_FORMATS, needs_scaling, scale_exponent
 
 U_BF16, U_FP16, U_F32 = 2.0**-8, 2.0**-11, 2.0**-24
 
@@ -304,7 +304,7 @@ def test_an_algorithm_without_a_declared_path_has_no_bound() -> None:
 
 def test_error_bound_is_public_and_needs_no_tensorflow() -> None:
     assert allreduce.error_bound is error_bound
-    assert allreduce.error_bound.__module__ == "allreduce.accuracy"
+    assert allreduce.error_bound.__module__ == "allreduce.planning.accuracy"
 
 
 # -- the float16 scale ------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from allreduce.compression import CastWire
 from allreduce.cross_device_ops import SpecCrossDeviceOps
+from allreduce.graph.compression import CastWire
 from tests.strategies import cpu
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "keras_fit.py"

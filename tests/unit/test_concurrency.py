@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 
 import allreduce
-from allreduce import _eager
+from allreduce.graph import eager as _eager
 from tests.strategies import cpu, make_tensor
 
 STRESS = Path(__file__).with_name("_stress.py")
@@ -79,7 +79,7 @@ def test_a_collective_failure_is_explained(monkeypatch) -> None:
 def test_instance_keys_handed_out_in_many_threads_at_once_are_never_repeated() -> None:
     # Eight threads each run a traced graph that takes four keys, 100 times. An
     # increment followed by a separate read handed out a repeated key in every such run.
-    from allreduce.algorithms import collective
+    from allreduce.graph.algorithms import collective
 
     @tf.function(autograph=False)
     def four_keys(x: tf.Tensor) -> tf.Tensor:

@@ -7,8 +7,8 @@ import threading
 import pytest
 
 import allreduce
-from allreduce.cost_model import DEFAULT, Model
-from allreduce.tuning import auto
+from allreduce.planning.cost_model import DEFAULT, Model
+from allreduce.selection import auto
 from allreduce.tuning.tuner import tune_entry
 from tests.unit.test_tuning_search import MACHINE, FakeMachine
 
@@ -69,7 +69,7 @@ def test_auto_is_explained_as_what_it_resolves_to():
 def test_a_given_model_predicts_and_an_algorithm_without_formula_predicts_nothing(monkeypatch):
     import dataclasses
 
-    from allreduce import registry
+    from allreduce.planning import registry
 
     half = Model({k: v / 2 for k, v in DEFAULT.params.items()})
     full = allreduce.explain("xring", CPUS, [5000], model=DEFAULT)

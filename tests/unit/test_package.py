@@ -34,7 +34,9 @@ def test_pure_layer_imports_without_tensorflow() -> None:
         check=True,
     )
     modules = listed.stdout.split()
-    assert {"allreduce.spec", "allreduce.registry", "allreduce.plan"} <= set(modules)
+    assert {"allreduce.planning.spec", "allreduce.planning.registry", "allreduce.planning.plan"} <= set(
+        modules
+    )
     result = _without_tensorflow(
         f"""
         import importlib

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from allreduce.devices import (
+from allreduce.planning.devices import (
     DeviceName,
     build_all_reduce_device_prefixes,
     group_by_worker,
@@ -175,7 +175,7 @@ def test_group_by_worker_keeps_first_seen_order() -> None:
 
 
 def test_gather_candidates_are_the_inputs_of_that_type_in_order_without_repeats() -> None:
-    from allreduce.devices import gather_candidates
+    from allreduce.planning.devices import gather_candidates
 
     names = [
         f"/job:w/replica:0/task:0/device:{kind}:{i}"
@@ -186,7 +186,7 @@ def test_gather_candidates_are_the_inputs_of_that_type_in_order_without_repeats(
 
 
 def test_gpu_inputs_gather_on_cpu0_of_each_worker_that_has_no_cpu_input() -> None:
-    from allreduce.devices import gather_candidates
+    from allreduce.planning.devices import gather_candidates
 
     names = [
         "/job:w/replica:0/task:0/device:GPU:0",

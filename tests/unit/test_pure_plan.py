@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from allreduce.plan import DEFAULT_PACK_MAX_GROUP, Bucket, plan_batch
-from allreduce.spec import parse_all_reduce_spec
+from allreduce.planning.plan import DEFAULT_PACK_MAX_GROUP, Bucket, plan_batch
+from allreduce.planning.spec import parse_all_reduce_spec
 
 
 def test_packs_come_first_then_lone_tensors_in_order() -> None:

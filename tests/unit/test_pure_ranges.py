@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from allreduce.ranges import PackPlan, extract_ranges, plan_small_tensor_packs
+from allreduce.planning.ranges import PackPlan, extract_ranges, plan_small_tensor_packs
 
 
 def test_extract_ranges_default_limit_is_32() -> None:

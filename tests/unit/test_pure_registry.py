@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from allreduce import registry
-from allreduce.registry import (
+from allreduce.planning import registry
+from allreduce.planning.registry import (
     CPU,
     GPU,
     NAMED_HIERARCHICAL,
@@ -153,18 +153,18 @@ def test_builders_and_reducers_resolve_to_their_module_functions(name: str) -> N
     module, function = info.builder.split(":")
     builder = info.load_builder()
     assert callable(builder)
-    assert (builder.__module__, builder.__name__) == (f"allreduce.algorithms.{module}", function)
+    assert (builder.__module__, builder.__name__) == (f"allreduce.graph.algorithms.{module}", function)
     reducer = info.load_reducer()
     if info.reducer is None:
         assert reducer is None
     else:
         module, function = info.reducer.split(":")
-        assert (reducer.__module__, reducer.__name__) == (f"allreduce.algorithms.{module}", function)
+        assert (reducer.__module__, reducer.__name__) == (f"allreduce.graph.algorithms.{module}", function)
 
 
 def test_hierarchical_builder_resolves() -> None:
     builder = get_algorithm("pscpu/xring").load_builder()
-    assert (builder.__module__, builder.__name__) == ("allreduce.algorithms.hierarchical", "all_reduce")
+    assert (builder.__module__, builder.__name__) == ("allreduce.graph.algorithms.hierarchical", "all_reduce")
     assert get_algorithm("pscpu/xring").load_reducer() is None
 
 

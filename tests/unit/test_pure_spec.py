@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from allreduce.spec import (
+from allreduce.planning.spec import (
     AllReduceSpecTuple,
     format_all_reduce_spec,
     parse_all_reduce_spec,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from allreduce.registry import algorithm_names, get_algorithm
+from allreduce.planning.registry import algorithm_names, get_algorithm
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

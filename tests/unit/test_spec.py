@@ -14,9 +14,9 @@ from allreduce import (
     parse_all_reduce_spec,
     parse_general_int,
 )
-from allreduce.devices import parse_device_name
-from allreduce.registry import AlgorithmInfo, algorithm_names, get_algorithm, register
-from allreduce.spec import select_spec_tuple
+from allreduce.planning.devices import parse_device_name
+from allreduce.planning.registry import AlgorithmInfo, algorithm_names, get_algorithm, register
+from allreduce.planning.spec import select_spec_tuple
 
 T = AllReduceSpecTuple
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import allreduce
-from allreduce.tuning import auto
+from allreduce.selection import auto
 from allreduce.tuning.tuner import tune_entry
 from tests.oracle import exact_sum
 from tests.strategies import cpu
@@ -77,7 +77,7 @@ def check_sums(results, arrays):
 
 def test_auto_without_a_tuning_is_the_models_choice_and_says_so(caplog):
     tensors, arrays = values_on(DEVICES)
-    with caplog.at_level(logging.INFO, logger="allreduce.tuning.auto"):
+    with caplog.at_level(logging.INFO, logger="allreduce.selection.auto"):
         check_sums(allreduce.all_reduce(tensors, "auto"), arrays)
         check_sums(allreduce.all_reduce(tensors, "auto"), arrays)
     lines = [r.getMessage() for r in caplog.records]
@@ -90,7 +90,7 @@ def test_auto_without_a_tuning_is_the_models_choice_and_says_so(caplog):
 def test_auto_uses_the_tuning_cached_for_these_devices_and_the_nearest_workload(caplog):
     tune_entry(DEVICES, [1000], measure=FakeMachine(MACHINE), specs=["rechd"])
     tensors, arrays = values_on(DEVICES)
-    with caplog.at_level(logging.INFO, logger="allreduce.tuning.auto"):
+    with caplog.at_level(logging.INFO, logger="allreduce.selection.auto"):
         check_sums(allreduce.all_reduce(tensors, "auto"), arrays)
         towers = [[t, t] for t in tensors]
         for tower in allreduce.batch_all_reduce(towers, "auto"):

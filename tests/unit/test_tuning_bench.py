@@ -9,7 +9,7 @@ import pytest
 
 from allreduce.bench.cli import build_parser, main
 from allreduce.bench.tuning_report import format_tuning
-from allreduce.tuning import auto
+from allreduce.selection import auto
 
 TINY_RUN = ["--quick", "--max-bytes", "4096", "--iters", "2", "--warmup", "0", "--no-progress", "--no-peers"]
 

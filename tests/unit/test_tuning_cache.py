@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from allreduce.tuning import cache
+from allreduce.selection import cache
 from allreduce.tuning.tuner import tune_entry
 from tests.unit.test_tuning_search import CPUS, MACHINE, FakeMachine
 
@@ -71,7 +71,7 @@ def test_a_corrupt_or_foreign_file_is_a_warning_and_a_fresh_tuning(tmp_path, cap
     path = cache.entry_path(tmp_path, cache.key_of(CPUS, "float32", SIZES))
     path.write_text(content, encoding="latin-1")
     machine = FakeMachine(MACHINE)
-    with caplog.at_level(logging.WARNING, logger="allreduce.tuning.cache"):
+    with caplog.at_level(logging.WARNING, logger="allreduce.selection.cache"):
         entry = tune_entry(CPUS, SIZES, cache_dir=tmp_path, measure=machine)
     assert machine.asked and not entry["cached"]
     assert "ignoring tuning cache file" in caplog.text

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from allreduce.tuning.bands import band_limit, band_of, bands_of, workload_bucket, workload_distance
-from allreduce.tuning.decide import GAIN, BandChoice, compose, decide, decide_predicted, ratio_interval
+from allreduce.selection.bands import band_limit, band_of, bands_of, workload_bucket, workload_distance
+from allreduce.selection.decide import GAIN, BandChoice, compose, decide, decide_predicted, ratio_interval
 
 
 def noisy(median: float, spread: float, seed: int, count: int = 9) -> list[float]:
@@ -132,7 +132,7 @@ def test_a_preferred_spec_beyond_the_tie_only_by_noise_stays_the_base():
 
 
 def test_a_measured_difference_where_the_model_sees_none_is_noise():
-    from allreduce.tuning.decide import Doubt
+    from allreduce.selection.decide import Doubt
 
     bands = [3, 11]
     measured = {(s, b): noisy(t, 0.01, b) for s, b, t in [("simple", 3, 30e-3), ("simple", 11, 50e-3)]}

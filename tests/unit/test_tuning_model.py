@@ -8,8 +8,17 @@ import random
 import numpy as np
 import pytest
 
-from allreduce.cost_model import DEFAULT, FEATURES, Model, Sample, bucket_costs, fit, nnls, overhead_terms
-from allreduce.spec import parse_all_reduce_spec
+from allreduce.planning.cost_model import (
+    DEFAULT,
+    FEATURES,
+    Model,
+    Sample,
+    bucket_costs,
+    fit,
+    nnls,
+    overhead_terms,
+)
+from allreduce.planning.spec import parse_all_reduce_spec
 
 CPUS = [f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(4)]
 WORKERS = [f"/job:worker/replica:0/task:{t}/device:CPU:{i}" for t in range(2) for i in range(2)]

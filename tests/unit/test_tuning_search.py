@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from allreduce import registry
-from allreduce.cost_model import Model, bucket_costs
-from allreduce.spec import parse_all_reduce_spec
+from allreduce.planning import registry
+from allreduce.planning.cost_model import Model, bucket_costs
+from allreduce.planning.spec import parse_all_reduce_spec
 from allreduce.tuning.search import Search, next_probe, run
 from allreduce.tuning.tuner import MAX_SHARE, tune_entry
 
@@ -162,7 +162,7 @@ def test_close_single_specs_are_measured_again_on_the_heaviest_bands():
 
 
 def test_candidates_across_workers_add_hierarchical_pairs_and_leave_out_collectives():
-    from allreduce.tuning.candidates import MAX_PAIRS, candidate_specs
+    from allreduce.selection.candidates import MAX_PAIRS, candidate_specs
 
     workers = [f"/job:worker/replica:0/task:{t}/device:CPU:{i}" for t in range(2) for i in range(2)]
     found = candidate_specs(workers, lambda s: None)

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 import allreduce
-from allreduce import validation
+from allreduce.core import validation
+from allreduce.planning.spec import check_spec
 from tests.strategies import cpu, make_tensor
 
 
@@ -215,7 +216,7 @@ def test_spec_tuples_are_checked_without_formatting_them() -> None:
         allreduce.all_reduce(tensors(2), [("xring", "2", -1)])
     with pytest.raises(ValueError, match="limits must increase"):
         allreduce.all_reduce(tensors(2), [("xring", 1, 8), ("pscpu", 1, 8), ("xring", 1, -1)])
-    assert validation.check_spec([("xring", 2, -1)]) == allreduce.parse_all_reduce_spec("xring#2")
+    assert check_spec([("xring", 2, -1)]) == allreduce.parse_all_reduce_spec("xring#2")
 
 
 # --- bool values: the behaviour the docs describe ---------------------------------------------

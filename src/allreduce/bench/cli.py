@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from allreduce.bench.cases import DTYPE_SIZES, Case
-from allreduce.bench.cases import format_bytes as _bytes
 from allreduce.bench.options import (
     ALLOCATORS,
     BATCH_PACKING,
@@ -33,7 +31,10 @@ from allreduce.bench.options import (
     UsageError,
     resolve_options,
 )
-from allreduce.spec import parse_all_reduce_spec, parse_general_int
+from allreduce.core.tables import DTYPE_SIZES
+from allreduce.measure.cases import Case
+from allreduce.measure.cases import format_bytes as _bytes
+from allreduce.planning.spec import parse_all_reduce_spec, parse_general_int
 
 __all__ = ["build_parser", "main"]
 
@@ -95,7 +96,7 @@ def _unknown(what: str, unknown: list[str], known: Sequence[str]) -> str:
 
 
 def _compressions(text: str) -> tuple[str, ...]:
-    from allreduce.bench.contenders import COMPRESSIONS
+    from allreduce.measure.contenders import COMPRESSIONS
 
     names = _names(text)
     unknown = [n for n in names if n not in COMPRESSIONS]
@@ -105,7 +106,7 @@ def _compressions(text: str) -> tuple[str, ...]:
 
 
 def _peers(text: str) -> tuple[str, ...]:
-    from allreduce.bench.peers import peer_names
+    from allreduce.measure.peers import peer_names
 
     names, known = _names(text), peer_names()
     unknown = [n for n in names if n not in known]
@@ -133,7 +134,7 @@ class _Version(argparse.Action):
 
 class _ListSpecs(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> NoReturn:
-        from allreduce.bench.catalog import format_spec_list
+        from allreduce.measure.catalog import format_spec_list
 
         sys.stdout.write(format_spec_list() + "\n")
         parser.exit()

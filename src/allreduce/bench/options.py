@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from allreduce.bench.cases import Case, many_small_case, max_exact_devices, sweep_cases
-from allreduce.bench.contenders import LIBRARY_PACK_MAX_GROUP
+from allreduce.measure.cases import Case, many_small_case, max_exact_devices, sweep_cases
+from allreduce.measure.contenders import LIBRARY_PACK_MAX_GROUP
 
 __all__ = [
     "ALLOCATORS",

@@ -10,9 +10,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from allreduce.bench.cases import format_bytes
-from allreduce.bench.contenders import FLOOR, OURS
-from allreduce.bench.driver import Result
+from allreduce.measure.cases import format_bytes
+from allreduce.measure.contenders import FLOOR, OURS
+from allreduce.measure.driver import Result
 
 __all__ = ["plot_busbw"]
 

@@ -11,8 +11,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from allreduce.bench.cases import Case, format_bytes
 from allreduce.bench.options import Options, UsageError
+from allreduce.measure.cases import Case, format_bytes
 
 __all__ = [
     "available_memory",

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from allreduce.bench.contenders import FLOOR, OURS, PEER
-from allreduce.bench.driver import Result
+from allreduce.measure.contenders import FLOOR, OURS, PEER
+from allreduce.measure.driver import Result
 
 __all__ = [
     "format_failures",

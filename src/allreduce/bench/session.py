@@ -13,13 +13,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any, TextIO
 
-from allreduce.bench.cases import Case, shapes_case
-from allreduce.bench.contenders import Contender, Setup, SpecContender, default_specs
-from allreduce.bench.driver import Guard, Result, describe_error, run_case
 from allreduce.bench.options import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Options
 from allreduce.bench.preflight import check_memory, check_model_name
-from allreduce.bench.quiet import import_tensorflow
 from allreduce.bench.report import format_header, format_rows, format_summary, to_json
+from allreduce.measure.cases import Case, shapes_case
+from allreduce.measure.contenders import Contender, Setup, SpecContender, default_specs
+from allreduce.measure.driver import Guard, Result, describe_error, run_case
+from allreduce.measure.quiet import import_tensorflow
 
 __all__ = ["make_contenders", "model_cases", "run"]
 
@@ -50,7 +50,7 @@ def _enter_devices(options: Options, stack: ExitStack) -> tuple[list[str], int, 
     """
     device_type = options.device_type.upper()
     if options.workers is None:
-        from allreduce.local_devices import logical_devices
+        from allreduce.graph.local_devices import logical_devices
 
         memory = int(os.environ.get(_GPU_MEMORY_ENV, "4096"))
         try:
@@ -78,7 +78,7 @@ def make_contenders(options: Options, setup: Setup, *, logical_split: bool = Fal
     ]
     if options.peers == ():
         return contenders
-    from allreduce.bench.peers import default_peers
+    from allreduce.measure.peers import default_peers
 
     peers = default_peers(setup)
     if options.peers is not None:
@@ -175,7 +175,7 @@ def _write_outputs(
         import numpy as np
 
         from allreduce import __version__
-        from allreduce._tf import tf
+        from allreduce.core._tf import tf
 
         versions = {"allreduce": __version__, "tensorflow": tf.__version__, "numpy": np.__version__}
         document = to_json(

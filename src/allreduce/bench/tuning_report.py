@@ -15,8 +15,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from allreduce.bench.cases import Case
-from allreduce.bench.driver import Result
+from allreduce.measure.cases import Case
+from allreduce.measure.driver import Result
 
 __all__ = ["explain_cases", "format_predicted_vs_measured", "format_tuning", "tune_cases"]
 
@@ -40,7 +40,7 @@ def _ms(seconds: float | None, predicted: bool = False) -> str:
 
 
 def _band_text(band: int) -> str:
-    from allreduce.tuning.bands import band_limit
+    from allreduce.selection.bands import band_limit
 
     return "[1,1]" if band == 0 else f"({band_limit(band - 1)},{band_limit(band)}]"
 
@@ -79,8 +79,9 @@ def format_tuning(entry: dict[str, Any]) -> str:
 def explain_cases(
     specs: Sequence[str], cases: Sequence[Case], devices: Sequence[str], pack_max_bytes: int
 ) -> dict[tuple[str, str], Any]:
-    """Each spec's :class:`~allreduce.explanation.Explanation` of each case, by ``(spec, case name)``."""
-    from allreduce.explanation import explain
+    """Each spec's :class:`~allreduce.selection.explain.Explanation` of each case, by
+    ``(spec, case name)``."""
+    from allreduce.selection.explain import explain
 
     out = {}
     for spec in specs:

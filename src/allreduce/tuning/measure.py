@@ -1,7 +1,7 @@
 """Measuring cells with the benchmark's own driver (needs TensorFlow).
 
 A probe all-reduces one band's tensors with several specs side by side:
-:func:`allreduce.bench.driver.run_case` traces each spec's step once, checks its first
+:func:`allreduce.measure.driver.run_case` traces each spec's step once, checks its first
 and last results on every device against the exact sums, and times the steps
 round-robin over the specs, so that background load hits all of them alike. A spec that
 cannot run here or gives a wrong result is reported as ``None`` and never chosen.
@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from allreduce.bench.cases import Case
-from allreduce.bench.contenders import Setup, SpecContender
-from allreduce.bench.driver import run_case
-from allreduce.devices import group_by_worker, parse_device_name
+from allreduce.measure.cases import Case
+from allreduce.measure.contenders import Setup, SpecContender
+from allreduce.measure.driver import run_case
+from allreduce.planning.devices import group_by_worker, parse_device_name
 
 __all__ = ["Measurer", "logically_split"]
 
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def logically_split(devices: Sequence[str]) -> bool:
     """Whether ``devices`` of this process are more than its physical devices of that type."""
-    from allreduce._tf import tf
+    from allreduce.core._tf import tf
 
     if len(group_by_worker(devices)) > 1:
         return False

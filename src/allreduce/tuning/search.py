@@ -5,7 +5,7 @@ band, all-reduced in one step). The search starts from the prior model's predict
 measures the likeliest winners on the smallest, middle and largest band to calibrate,
 refits the model after every probe, and then measures, band by band, only candidates that
 the model (within its own error) says could beat the current base spec by
-:data:`~allreduce.tuning.decide.GAIN`, or could become the base, always side by side
+:data:`~allreduce.selection.decide.GAIN`, or could become the base, always side by side
 with the base. A candidate without a cost formula is measured wherever the budget
 allows. It stops when no cell could change the decision, or at ``max_cells`` measured
 cells, or at the deadline; then it measures again, side by side, the closest single
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from allreduce.tuning.decide import GAIN, STEP_GAIN, TIE, Decision, Doubt, decide, estimate, totals
+from allreduce.selection.decide import GAIN, STEP_GAIN, TIE, Decision, Doubt, decide, estimate, totals
 
 __layer__ = "model"
 
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 MIN_ERROR = 0.1
 #: The most alternatives measured next to the base in one probe.
 PER_PROBE = 3
-#: Single specs this much (beyond :data:`~allreduce.tuning.decide.TIE`) above the best are measured again.
+#: Single specs this much (beyond :data:`~allreduce.selection.decide.TIE`) above the best are measured again.
 REFINE_MARGIN = 0.05
 #: The refinement measures the heaviest bands that make up this share of the step.
 HEAVY_SHARE = 0.8
@@ -122,7 +122,7 @@ def _scores(search: Search, base: str, error: float) -> dict[tuple[str, int], fl
     """How much of the step measuring each unmeasured cell could save: its predicted
     saving over the base plus the model's error on its own part of the band (the time
     no algorithm changes, ``search.common``, is not uncertain), kept where that could
-    reach :data:`~allreduce.tuning.decide.GAIN` of the band and ``STEP_GAIN`` of the step.
+    reach :data:`~allreduce.selection.decide.GAIN` of the band and ``STEP_GAIN`` of the step.
     Single specs that could undercut the base on the whole workload score by that error
     alone, so that the heaviest bands are measured first."""
     usable = search.usable()

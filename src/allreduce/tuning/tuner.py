@@ -2,8 +2,8 @@
 
 The search (:mod:`allreduce.tuning.search`) measures only where the fitted cost model
 says winners may cross, at most a quarter of every candidate on every band; the rules of
-:mod:`allreduce.tuning.decide` turn the samples into a spec; the result and every sample
-go to the cache (:mod:`allreduce.tuning.cache`), where ``spec="auto"`` finds them.
+:mod:`allreduce.selection.decide` turn the samples into a spec; the result and every sample
+go to the cache (:mod:`allreduce.selection.cache`), where ``spec="auto"`` finds them.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from allreduce.bench.cases import DTYPE_SIZES
-from allreduce.cost_model import DEFAULT, Model, Sample, fit
-from allreduce.devices import group_by_worker
-from allreduce.tuning import cache
-from allreduce.tuning.bands import band_limit
-from allreduce.tuning.candidates import candidate_specs
-from allreduce.tuning.decide import Decision, Doubt, decide
+from allreduce.core.tables import DTYPE_SIZES
+from allreduce.core.validation import check_dtype, check_int, check_seconds, check_sequence
+from allreduce.planning.cost_model import DEFAULT, Model, Sample, fit
+from allreduce.planning.devices import check_device_names, group_by_worker
+from allreduce.selection import cache
+from allreduce.selection.bands import band_limit
+from allreduce.selection.candidates import candidate_specs
+from allreduce.selection.decide import Decision, Doubt, decide
+from allreduce.selection.workload import Workload
 from allreduce.tuning.search import Search, run
-from allreduce.tuning.workload import Workload
-from allreduce.validation import check_device_names, check_dtype, check_int, check_seconds, check_sequence
 
 __all__ = ["DEFAULT_BUDGET_S", "tune", "tune_entry"]
 
@@ -56,7 +56,7 @@ def _check(
     budget = check_seconds("budget_s", budget_s, allow_zero=False)
     chosen: list[str] = []
     if specs is not None:
-        from allreduce.spec import parse_all_reduce_spec
+        from allreduce.planning.spec import parse_all_reduce_spec
 
         check_sequence("specs", specs, "single specs such as 'xring#2'")
         for spec in specs:
@@ -124,7 +124,7 @@ def tune_entry(
             cache.store(path, entry)
         except OSError as err:
             logger.warning("tune: cannot write the tuning cache %s: %s", path, err)
-    from allreduce.tuning.auto import forget
+    from allreduce.selection.auto import forget
 
     forget()
     return {**entry, "cached": False}
@@ -215,8 +215,8 @@ class _Fitting:
 
 def _runs(spec: str, devices: Sequence[str]) -> bool:
     """Whether a single ``spec`` reduces and can run on ``devices`` (else it is left out, logged)."""
-    from allreduce.registry import get_algorithm
-    from allreduce.spec import parse_all_reduce_spec
+    from allreduce.planning.registry import get_algorithm
+    from allreduce.planning.spec import parse_all_reduce_spec
 
     (item,) = parse_all_reduce_spec(spec)
     info = get_algorithm(item.alg)

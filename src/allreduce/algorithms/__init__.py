@@ -1,1 +1,0 @@
-"""TensorFlow builders, one module per algorithm; :mod:`allreduce.registry` lists them."""

@@ -1,0 +1,231 @@
+"""The part every cluster shares: a bounded :meth:`Cluster.run`, :meth:`Cluster.check`,
+its devices, and connecting this process to it and back.
+
+Subclasses add where the workers come from (:class:`allreduce.cluster.LocalCluster`
+starts them, :class:`allreduce.cluster.RemoteCluster` joins them) and give the cluster
+its :class:`allreduce.cluster.watchdog.Watchdog`. Every open cluster is closed when the
+interpreter exits. TensorFlow is imported only to connect, so that a process that only
+serves workers (``connect=False``) does without it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from allreduce.cluster import connection as _connection
+from allreduce.cluster.errors import WorkerError
+from allreduce.cluster.threads import daemon_thread
+from allreduce.cluster.watchdog import Watchdog
+from allreduce.core.validation import check_seconds
+
+__all__ = ["Cluster"]
+
+log = logging.getLogger("allreduce.cluster")
+
+_POLL_S = 0.05
+_DISCONNECT_S = 10.0
+#: How long a call gets to fail after its worker did, so that its error becomes the cause.
+_CAUSE_S = 0.5
+
+T = TypeVar("T")
+
+
+class _Call:
+    """``fn(*args, **kwargs)`` in a daemon thread; its value or error once ``done``."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self._fn, self._args, self._kwargs = fn, args, kwargs
+        daemon_thread(self._run, "allreduce-cluster-run").start()
+
+    def _run(self) -> None:
+        try:
+            self.value = self._fn(*self._args, **self._kwargs)
+        except BaseException as err:  # handed to the caller's thread
+            self.error = err
+        finally:
+            self.done.set()
+
+
+class Cluster:
+    """What every cluster offers: its devices, a bounded :meth:`run`, :meth:`check`, :meth:`close`.
+
+    Attributes:
+        op_timeout_s: the default deadline of :meth:`run`.
+        unresponsive_s: how long a silent heartbeat means a worker stopped answering.
+    """
+
+    def __init__(self, jobs: dict[str, list[str]], job: str, op_timeout_s: float, unresponsive_s: float):
+        self.op_timeout_s = op_timeout_s
+        self.unresponsive_s = unresponsive_s
+        self._jobs = jobs
+        self._job = job
+        self._devices: list[list[str]] = [[] for _ in jobs[job]]
+        self._watchdog: Watchdog | None = None
+        self._fault: WorkerError | None = None
+        self._connected = False
+        self._closed = False
+        _open_clusters.add(self)  # closed at exit if still open
+
+    @property
+    def devices(self) -> list[list[str]]:
+        """One list of full device names per worker, e.g. ``/job:worker/replica:0/task:1/device:CPU:0``."""
+        return [list(worker) for worker in self._devices]
+
+    @property
+    def cluster_spec(self) -> dict[str, list[str]]:
+        """The ``{job: [host:port, ...]}`` dictionary of the servers."""
+        return {name: list(addresses) for name, addresses in self._jobs.items()}
+
+    def _watch(self, watchdog: Watchdog) -> None:
+        self._watchdog = watchdog
+        watchdog.start()
+
+    def check(self) -> None:
+        """Raises the cluster's fault, if a worker exited, stopped, went silent or a call timed out.
+
+        Raises:
+            WorkerError: the first fault found; it is final for this cluster.
+        """
+        if self._fault is None and self._watchdog is not None:
+            self._fault = self._watchdog.scan()
+        if self._fault is not None:
+            raise self._fault
+
+    def run(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None, **kwargs: Any) -> T:
+        """Calls ``fn(*args, **kwargs)`` in a daemon thread and returns its result, bounded.
+
+        The calling thread waits for the call, the watchdog's verdict and the deadline.
+        After a fault the cluster refuses further calls: leave the ``with`` block.
+
+        Args:
+            timeout_s: the most seconds to wait (default: the cluster's ``op_timeout_s``).
+
+        Raises:
+            WorkerError: a worker exited (``reason="exited"``), was stopped
+                (``"stopped"``), did not answer its heartbeat for ``unresponsive_s``
+                (``"unresponsive"``, or ``"unreachable"`` for a refused connection), or
+                the call took longer than ``timeout_s`` (``"timeout"``, ``task=None``).
+                A TensorFlow error caused by a lost worker becomes its ``__cause__``.
+            RuntimeError: the cluster is closed.
+            TypeError, ValueError: ``timeout_s`` is not a positive number of seconds.
+            Exception: whatever ``fn`` raises while every worker is healthy.
+        """
+        if self._closed:
+            raise RuntimeError(f"this cluster is closed: {self!r}")
+        limit = (
+            self.op_timeout_s
+            if timeout_s is None
+            else check_seconds("timeout_s", timeout_s, allow_zero=False)
+        )
+        self.check()
+        call = _Call(fn, args, kwargs)
+        deadline = time.monotonic() + limit
+        while not call.done.wait(_POLL_S):
+            fault = self._watchdog.fault if self._watchdog is not None else None
+            if fault is not None:
+                self._fault = fault
+                # A fenced worker makes the call fail soon: keep TensorFlow's error as the cause.
+                if call.done.wait(_CAUSE_S) and call.error is not None:
+                    raise fault from call.error
+                raise fault
+            if time.monotonic() > deadline:
+                self.check()
+                self._fault = WorkerError(
+                    f"the call did not finish within {limit:g} s, although every worker still answers",
+                    task=None,
+                    reason="timeout",
+                )
+                raise self._fault
+        return self._outcome(call)
+
+    def _outcome(self, call: _Call) -> Any:
+        if call.error is None:
+            return call.value
+        from allreduce.core._tf import tf
+
+        if isinstance(call.error, tf.errors.OpError) and self._watchdog is not None:
+            # A lost worker shows up as a TensorFlow error first; name the worker.
+            fault = self._watchdog.wait(self._watchdog.grace_s)
+            if fault is not None:
+                self._fault = fault
+                raise fault from call.error
+        raise call.error
+
+    def _connect(self, address: str, timeout_s: float) -> None:
+        """Connects this process, serving at ``address``, to the cluster; reads the workers'
+        devices from TensorFlow."""
+        from allreduce.core._tf import tf
+
+        _connection.claim(self)
+        self._connected = True
+        self.run(_connection.attach, self._jobs, self._job, address, timeout_s=timeout_s)
+        found: list[list[str]] = [[] for _ in self._jobs[self._job]]
+        for device in tf.config.list_logical_devices():
+            spec = tf.DeviceSpec.from_string(device.name)
+            if spec.job == self._job and spec.task is not None and spec.task < len(found):
+                found[spec.task].append(device.name)
+        self._devices = [sorted(names, key=_device_order) for names in found]
+
+    def _disconnect(self) -> None:
+        stuck = None
+        if self._connected:
+            thread = daemon_thread(_connection.detach, "allreduce-disconnect")
+            thread.start()
+            thread.join(_DISCONNECT_S)
+            if thread.is_alive():
+                log.warning(
+                    "leaving the cluster did not finish within %g s: a worker does not answer", _DISCONNECT_S
+                )
+                stuck = thread
+        _connection.release(self, stuck)
+
+    def _fence_all(self) -> None:
+        """Ends every worker this process can end (before a disconnect after a fault)."""
+
+    def _release(self) -> None:
+        """Frees what the cluster holds once it is disconnected."""
+
+    def close(self) -> None:
+        """Disconnects and releases the workers; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        _open_clusters.discard(self)
+        try:
+            faulty = self._fault is not None or (self._watchdog is not None and self._watchdog.scan())
+            if self._watchdog is not None:
+                self._watchdog.stop()
+            if faulty:
+                self._fence_all()  # a worker that does not answer would block the disconnect
+            self._disconnect()
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
+            self._release()
+
+    def _state(self) -> str:
+        return "closed" if self._closed else "open"
+
+
+def _device_order(name: str) -> tuple[str, int]:
+    from allreduce.core._tf import tf
+
+    spec = tf.DeviceSpec.from_string(name)
+    return spec.device_type or "", spec.device_index or 0
+
+
+_open_clusters: set[Cluster] = set()
+
+
+@atexit.register
+def _close_all() -> None:
+    for cluster in list(_open_clusters):
+        cluster.close()

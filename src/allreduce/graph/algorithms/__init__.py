@@ -1,0 +1,1 @@
+"""TensorFlow builders, one module per algorithm; :mod:`allreduce.planning.registry` lists them."""
