@@ -12,7 +12,7 @@ TEST_WORKERS ?= 2
 help:
 	@echo "make test    - install into .venv (first time) and run the test suite"
 	@echo "make bench   - run allreduce-bench on logical CPU devices (writes bench-results/)"
-	@echo "make lint    - ruff"
+	@echo "make lint    - ruff, and the layer contracts (lint-imports)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,7 @@ LINT_PATHS := $(wildcard src tests benchmarks examples tools conftest.py)
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	mkdir -p bench-results

@@ -195,7 +195,9 @@ def test_verbose_logs_the_devices_the_cases_and_each_contender(caplog, capsys):
     argv = ["--specs", "xring", "--peers", "numpy", *TINY_RUN, "--max-bytes", "1024", "-v"]
     with caplog.at_level(logging.INFO, logger="allreduce"):
         assert main(argv) == 0
-    messages = [r.getMessage() for r in caplog.records if r.name.startswith(("allreduce.bench", "allreduce.measure"))]
+    messages = [
+        r.getMessage() for r in caplog.records if r.name.startswith(("allreduce.bench", "allreduce.measure"))
+    ]
     assert any(m.startswith("devices: ") and CPUS[3] in m for m in messages)
     assert "cases: 1KiB" in messages
     for name in ("xring", "numpy"):
