@@ -12,7 +12,6 @@ import pytest
 import tensorflow as tf
 
 import allreduce
-from allreduce.core import validation
 from allreduce.planning.spec import check_spec
 from tests.strategies import cpu, make_tensor
 
