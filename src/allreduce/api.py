@@ -37,6 +37,7 @@ from allreduce.planning.devices import check_device_names, parse_device_name
 from allreduce.planning.plan import DEFAULT_PACK_MAX_GROUP, Bucket, plan_batch
 from allreduce.planning.registry import get_algorithm
 from allreduce.planning.spec import AllReduceSpecTuple, check_spec
+from allreduce.selection.auto import is_auto, resolve_spec
 
 __all__ = ["DEFAULT_PACK_MAX_GROUP", "REDUCTIONS", "SUPPORTED_DTYPES", "all_reduce", "batch_all_reduce"]
 
@@ -85,15 +86,12 @@ def _request(
     packing: tuple[int, int],
 ) -> Request:
     """Checks a call and plans it. Raises ``TypeError``/``ValueError`` (see the callers)."""
-    auto = isinstance(spec, str) and spec == "auto"
-    specs = None if auto else check_spec(spec)
+    if not is_auto(spec):
+        check_spec(spec)  # a bad spec is named before the tensors
     names = _tower_devices(towers, devices)
     first = towers[0]
-    if auto:
-        # The cached tuning or the cost model's choice for this batch; never measures.
-        from allreduce.selection.auto import resolve
-
-        specs = check_spec(resolve(names, [t.shape.num_elements() for t in first], first[0].dtype.name))
+    # "auto": the cached tuning or the cost model's choice for this batch; never measures.
+    specs, _ = resolve_spec(spec, names, [t.shape.num_elements() for t in first], first[0].dtype.name)
     for t in first:
         check_reduction(options.reduction, t.dtype)
     groups = check_worker_groups(options.worker_groups, len(towers))

@@ -20,6 +20,7 @@ from allreduce.graph.packing import pack_small_tensors, validate_tower_grads
 from allreduce.graph.wire import Wire
 from allreduce.planning.devices import group_by_worker
 from allreduce.planning.registry import get_algorithm
+from allreduce.selection.auto import is_auto
 
 __all__ = [
     "aggregate_gradients_using_copy_with_device_selection",
@@ -93,7 +94,7 @@ def aggregate_gradients_using_copy_with_device_selection(
 
 def _spec_for(alg: str, num_shards: int) -> str:
     """``alg`` as a spec: a whole spec or ``"auto"`` as it is, a bare name with the seed's shard count."""
-    if alg == "auto" or any(c in alg for c in ":#@"):
+    if is_auto(alg) or any(c in alg for c in ":#@"):
         return alg
     info = get_algorithm(alg)
     if num_shards > 1 and info.takes_shards:

@@ -34,6 +34,7 @@ from allreduce.graph.compression import wire_for
 from allreduce.graph.wire import Wire
 from allreduce.planning.registry import get_algorithm
 from allreduce.planning.spec import check_spec
+from allreduce.selection.auto import is_auto
 
 __all__ = ["SpecCrossDeviceOps"]
 
@@ -129,7 +130,7 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
                 f"spec must be a spec string such as 'xring', got {type(spec).__name__}: {spec!r}"
             )
         # "auto" is resolved per batch at its first step (allreduce.selection.auto).
-        for item in [] if spec == "auto" else check_spec(spec):  # a bad spec raises now
+        for item in [] if is_auto(spec) else check_spec(spec):  # a bad spec raises now
             if not get_algorithm(item.alg).reduces:
                 raise ValueError(
                     f"spec {spec!r} names {item.alg!r}, which does not reduce: replicas would train "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -66,3 +67,15 @@ def test_tuning_importing_the_command_line_breaks_the_layers(copy_of_the_package
     result = _lint(copy_of_the_package)
     assert result.returncode != 0
     assert "allreduce.tuning is not allowed to import allreduce.bench" in result.stdout
+
+
+def test_auto_is_recognised_in_one_function() -> None:
+    # Every entry point asks allreduce.selection.auto (is_auto / resolve_spec).
+    pattern = re.compile(r"""(==|!=)\s*["']auto["']|["']auto["']\s*(==|!=)|in \(["']auto["']""")
+    package = ROOT / "src" / "allreduce"
+    found = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if pattern.search(path.read_text(encoding="utf-8"))
+    ]
+    assert found == [], found

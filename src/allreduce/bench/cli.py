@@ -35,6 +35,7 @@ from allreduce.core.tables import DTYPE_SIZES
 from allreduce.measure.cases import Case
 from allreduce.measure.cases import format_bytes as _bytes
 from allreduce.planning.spec import parse_all_reduce_spec, parse_general_int
+from allreduce.selection.auto import is_auto
 
 __all__ = ["build_parser", "main"]
 
@@ -81,7 +82,7 @@ def _names(text: str) -> tuple[str, ...]:
 def _specs(text: str) -> tuple[str, ...]:
     specs = _names(text)
     for spec in specs:
-        if spec == "auto":  # the tuned spec, resolved per case (docs/tuning.md)
+        if is_auto(spec):  # the tuned spec, resolved per case (docs/tuning.md)
             continue
         try:
             parse_all_reduce_spec(spec)

@@ -22,6 +22,7 @@ from allreduce.measure.cases import Case
 from allreduce.planning.plan import DEFAULT_PACK_MAX_GROUP
 from allreduce.planning.registry import get_algorithm
 from allreduce.planning.spec import parse_all_reduce_spec
+from allreduce.selection.auto import is_auto
 
 __all__ = [
     "COMPRESSIONS",
@@ -135,7 +136,7 @@ class SpecContender(Contender):
         self.required = required
         # "auto" is resolved by the library for each case's tensors (docs/tuning.md).
         self._algorithms = (
-            [] if spec == "auto" else [get_algorithm(t.alg) for t in parse_all_reduce_spec(spec)]
+            [] if is_auto(spec) else [get_algorithm(t.alg) for t in parse_all_reduce_spec(spec)]
         )
 
     def _wire(self) -> Any:

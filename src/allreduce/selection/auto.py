@@ -20,6 +20,7 @@ from typing import Any
 
 from allreduce.core.tables import DTYPE_SIZES
 from allreduce.planning.cost_model import DEFAULT, Model
+from allreduce.planning.spec import AllReduceSpecTuple, check_spec
 from allreduce.selection import cache
 from allreduce.selection.bands import workload_distance
 from allreduce.selection.candidates import candidate_specs
@@ -28,7 +29,7 @@ from allreduce.selection.workload import Workload
 
 __layer__ = "model"
 
-__all__ = ["AUTO", "cached_model", "forget", "resolve", "resolve_with_reason"]
+__all__ = ["AUTO", "cached_model", "forget", "is_auto", "resolve", "resolve_spec", "resolve_with_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +132,30 @@ def resolve(
 ) -> str:
     """The spec ``"auto"`` stands for (see :func:`resolve_with_reason`)."""
     return resolve_with_reason(devices, sizes, dtype, cache_dir)[0]
+
+
+def is_auto(spec: Any) -> bool:
+    """Whether ``spec`` is ``"auto"``: the one test of it, for the entry points that
+    resolve it later (per batch, per case)."""
+    return isinstance(spec, str) and spec == AUTO
+
+
+def resolve_spec(
+    spec: Any,
+    devices: Sequence[str],
+    sizes: Sequence[int],
+    dtype: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[list[AllReduceSpecTuple], str]:
+    """The checked spec tuples of ``spec`` for tensors of ``sizes`` elements and ``dtype``
+    on ``devices``, ``"auto"`` resolved (never measuring), and a note that says how
+    (empty for any other spec). Every entry point resolves a spec here.
+
+    Raises:
+        TypeError: ``spec`` is neither a str nor a list of spec tuples.
+        ValueError: a malformed spec.
+    """
+    if not is_auto(spec):
+        return check_spec(spec), ""
+    chosen, reason = resolve_with_reason(devices, [max(s, 1) for s in sizes] or [1], dtype, cache_dir)
+    return check_spec(chosen), f"'auto': {reason}"

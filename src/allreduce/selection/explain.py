@@ -19,7 +19,7 @@ from typing import Any
 from allreduce.core.validation import check_dtype, check_int, check_sequence
 from allreduce.planning.cost_model import BucketCost, Model, bucket_costs
 from allreduce.planning.devices import check_device_names
-from allreduce.planning.spec import AllReduceSpecTuple, check_spec, format_all_reduce_spec
+from allreduce.planning.spec import AllReduceSpecTuple, format_all_reduce_spec
 
 __layer__ = "model"
 
@@ -217,13 +217,9 @@ def _spec(
 ) -> tuple[list[AllReduceSpecTuple], str]:
     """The spec tuples (``"auto"`` resolved, with a note saying how), checked against the devices."""
     from allreduce.planning.registry import get_algorithm
-    from allreduce.selection.auto import resolve_with_reason
+    from allreduce.selection.auto import resolve_spec
 
-    note = ""
-    if isinstance(spec, str) and spec == "auto":
-        spec, reason = resolve_with_reason(names, [max(c, 1) for c in counts] or [1], dtype, cache_dir)
-        note = f"'auto': {reason}"
-    tuples = check_spec(spec)
+    tuples, note = resolve_spec(spec, names, counts, dtype, cache_dir)
     for item in tuples:
         problem = get_algorithm(item.alg).problem(names, item.shards, worker_groups)
         if problem is not None:
