@@ -17,9 +17,13 @@ import threading
 import pytest
 import tensorflow as tf
 
-from allreduce.cluster import LocalCluster, WorkerError, WorkerStartError, local_cluster
-from allreduce.cluster import connection as _connection
-from allreduce.cluster import supervisor as _supervisor
+from allreduce.cluster import (
+    LocalCluster,
+    WorkerError,
+    WorkerStartError,
+    local_cluster,
+    supervisor,
+)
 
 from .conftest import ROOT, process_gone, wait_gone
 
@@ -104,7 +108,7 @@ def test_frozen_worker_is_named_and_fenced():
 
 def test_silent_heartbeat_means_unresponsive(monkeypatch):
     # Without /proc (other systems), a frozen worker is found by its missing heartbeat.
-    monkeypatch.setattr(_supervisor, "process_state", lambda pid: None)
+    monkeypatch.setattr(supervisor, "process_state", lambda pid: None)
     with local_cluster(2, 1, unresponsive_s=1.0, connect=False) as cluster:
         release = threading.Event()
         threading.Timer(0.2, cluster.kill, args=(1, signal.SIGSTOP)).start()
@@ -166,13 +170,13 @@ def test_port_taken_after_it_was_picked_is_retried(monkeypatch):
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     picks = []
-    real = _supervisor.free_ports
+    real = supervisor.free_ports
 
     def pick(count):
         picks.append(count)
         return [taken.getsockname()[1]] if len(picks) == 1 else real(count)
 
-    monkeypatch.setattr(_supervisor, "free_ports", pick)
+    monkeypatch.setattr(supervisor, "free_ports", pick)
     try:
         with local_cluster(1, 1, connect=False) as cluster:
             assert cluster.addresses != [f"127.0.0.1:{taken.getsockname()[1]}"]
@@ -266,7 +270,7 @@ def test_stopped_worker_dies_with_its_killed_parent():
 
 def test_connecting_twice_in_one_process_is_refused(monkeypatch):
     # The check comes before any server starts, so this needs no connection.
-    monkeypatch.setattr(_connection, "_owner", "another cluster")
+    monkeypatch.setattr(connection, "_owner", "another cluster")
     with pytest.raises(RuntimeError, match="already connected to 'another cluster'"), local_cluster(1, 1):
         pass
 

@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from allreduce.cluster import connect, local_cluster
-from allreduce.cluster import connection as _connection
-from allreduce.cluster import watchdog as _watchdog
+from allreduce.cluster import connect, local_cluster, watchdog
 from tests.oracle import exact_sum
 
 from .conftest import InteractiveClient
@@ -35,7 +33,7 @@ SHAPES = {"frozen": (2, 2), "killed": (2, 1)}
 def session(tmp_path_factory):
     """Runs the client against both clusters; returns its manifest and arrays."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_watchdog.ProcessProbe, "fence", lambda self: False)
+        patch.setattr(watchdog.ProcessProbe, "fence", lambda self: False)
         with (
             local_cluster(*SHAPES["frozen"], connect=False) as frozen,
             local_cluster(*SHAPES["killed"], connect=False) as killed,
@@ -134,6 +132,6 @@ def test_bad_arguments_are_refused_before_anything_connects(kwargs, error, match
 
 
 def test_connecting_while_connected_is_refused(monkeypatch):
-    monkeypatch.setattr(_connection, "_owner", "another cluster")
+    monkeypatch.setattr(connection, "_owner", "another cluster")
     with pytest.raises(RuntimeError, match="already connected to 'another cluster'"), connect(GOOD):
         pass

@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 
 import allreduce
-from allreduce.graph import eager as _eager
+from allreduce.graph import eager
 from tests.strategies import cpu, make_tensor
 
 STRESS = Path(__file__).with_name("_stress.py")
@@ -52,13 +52,13 @@ def test_threads_all_reducing_at_once_get_exact_results(scenario: str, tmp_path:
 
 def test_eager_cache_stays_bounded_and_never_warns_about_retracing(caplog) -> None:
     caplog.set_level(logging.WARNING)
-    _eager.clear()
+    eager.clear()
     devices = [cpu(0), cpu(1)]
-    for length in range(1, _eager.CACHE_SIZE + 20):
+    for length in range(1, eager.CACHE_SIZE + 20):
         tensors = [make_tensor(np.ones(length), tf.float32, d) for d in devices]
         out = allreduce.all_reduce(tensors, "xring")
         assert out[1].numpy()[-1] == 2.0
-    assert _eager.cache_size() == _eager.CACHE_SIZE
+    assert eager.cache_size() == eager.CACHE_SIZE
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
 
 
@@ -66,7 +66,7 @@ def test_a_collective_failure_is_explained(monkeypatch) -> None:
     def fail(*args, **kwargs):
         raise tf.errors.CancelledError(None, None, "Function was cancelled before it was started")
 
-    monkeypatch.setattr(_eager, "call", fail)
+    monkeypatch.setattr(eager, "call", fail)
     tensors = [make_tensor(np.ones(3), tf.float32, cpu(i)) for i in range(2)]
     with pytest.raises(tf.errors.CancelledError) as info:
         allreduce.all_reduce(tensors, "xring:2:collective")
