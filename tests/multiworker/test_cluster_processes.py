@@ -21,6 +21,7 @@ from allreduce.cluster import (
     LocalCluster,
     WorkerError,
     WorkerStartError,
+    connection,
     local_cluster,
     supervisor,
 )

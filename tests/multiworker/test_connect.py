@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from allreduce.cluster import connect, local_cluster, watchdog
+from allreduce.cluster import connect, connection, local_cluster, watchdog
 from tests.oracle import exact_sum
 
 from .conftest import InteractiveClient
