@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from allreduce.core._tf import tf
 from allreduce.core.validation import check_choice
 from allreduce.graph.wire import PLAIN, Wire
-from allreduce.planning.devices import parse_device_name
+from allreduce.planning.devices import shares_memory
 from allreduce.planning.wire_formats import (
     COMPRESSIONS,
     FLOAT_FORMATS,
@@ -38,12 +38,6 @@ __all__ = ["COMPRESSIONS", "CastWire", "wire_for"]
 
 _WIRE_DTYPES = {"bf16": tf.bfloat16, "fp16": tf.float16}
 _BITS = {4: tf.int32, 8: tf.int64}
-
-
-def shares_memory(src: str, dst: str) -> bool:
-    """Whether ``src`` and ``dst`` are CPUs of one worker (a copy between them is free)."""
-    a, b = parse_device_name(src), parse_device_name(dst)
-    return a.device_type == b.device_type == "CPU" and a.worker == b.worker
 
 
 class CastWire(Wire):
@@ -75,7 +69,7 @@ class CastWire(Wire):
         return self if self.compresses(dtype) else PLAIN
 
     def crosses(self, src: str, dst: str) -> bool:
-        return src != dst and (self.everywhere or not shares_memory(src, dst))
+        return src != dst and (self.everywhere or not shares_memory((src, dst)))
 
     def encode(self, value: tf.Tensor) -> tf.Tensor:
         return tf.cast(value, self.dtype)
