@@ -88,8 +88,8 @@ Formula = Callable[[Job], Schedule]
 
 def formula(info: AlgorithmInfo) -> Formula | None:
     """The cost function ``info.cost`` names, or ``None`` when it has none."""
-    if info.cost is None:
-        return None
+    if info.cost is None or callable(info.cost):
+        return info.cost
     module, _, name = info.cost.rpartition(":")
     return getattr(importlib.import_module(module or __name__), name)
 

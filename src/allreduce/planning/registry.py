@@ -38,6 +38,7 @@ __all__ = [
     "algorithm_names",
     "get_algorithm",
     "register",
+    "unregister",
 ]
 
 CPU = "CPU"
@@ -59,14 +60,17 @@ class AlgorithmInfo:
     Attributes:
         name: the name in a spec (``xring``, ``nccl/xring``).
         summary: one line for the README and ``allreduce-bench --help``.
-        builder: ``"module:function"`` in ``allreduce.graph.algorithms`` that builds it.
+        builder: the function that builds it (an algorithm registered at run time), or
+            ``"module:function"`` in ``allreduce.graph.algorithms`` (the built-in ones,
+            whose builders need TensorFlow and so are imported on first use).
         device_types: the device types its inputs may sit on.
         shards: what ``#k`` means for it, or ``None`` when it takes no shard count.
         composable: whether it may be a level of a hierarchical ``A/B`` spec.
         reduces: ``False`` only for the no-reduction baseline ``trivial``.
         distinct_devices: whether every input must sit on a different device.
         levels: the two level names of a hierarchical algorithm, else ``()``.
-        reducer: optional ``"module:function"`` that leaves one sum on one device.
+        reducer: optional function (or ``"module:function"``) that leaves one sum on one
+            device.
         shard_rule: which ``#k`` it accepts: :data:`SHARDS_ANY`, :data:`SHARDS_GATHER`
             or :data:`SHARDS_DIVIDE`.
         gather_type: for :data:`SHARDS_GATHER`, the device type it sums on.
@@ -84,21 +88,22 @@ class AlgorithmInfo:
             result is a wire value.
         reducer_roundings: the same for its ``reducer`` (whose result ends with an
             addition, not on the wire).
-        cost: its cost formula: a function of :mod:`allreduce.planning.cost` (or
-            ``"module:function"``) that returns the schedule its builder emits (see
-            there); ``None``: tuning measures it and never predicts it.
+        cost: its cost formula: a function of a :class:`allreduce.planning.cost.Job` that
+            returns the schedule its builder emits (see there), or the name of one in
+            :mod:`allreduce.planning.cost`; ``None``: tuning measures it and never
+            predicts it.
     """
 
     name: str
     summary: str
-    builder: str
+    builder: str | Callable[..., Any]
     device_types: frozenset[str]
     shards: str | None = None
     composable: bool = True
     reduces: bool = True
     distinct_devices: bool = False
     levels: tuple[str, ...] = ()
-    reducer: str | None = None
+    reducer: str | Callable[..., Any] | None = None
     shard_rule: str = SHARDS_ANY
     gather_type: str | None = None
     physical_devices: bool = False
@@ -106,7 +111,7 @@ class AlgorithmInfo:
     failure_note: str | None = None
     roundings: RoundingsRule | None = None
     reducer_roundings: RoundingsRule | None = None
-    cost: str | None = None
+    cost: str | Callable[..., Any] | None = None
 
     @property
     def is_hierarchical(self) -> bool:
@@ -184,7 +189,9 @@ class AlgorithmInfo:
         return _resolve(self.reducer) if self.reducer else None
 
 
-def _resolve(target: str) -> Callable[..., Any]:
+def _resolve(target: str | Callable[..., Any]) -> Callable[..., Any]:
+    if callable(target):
+        return target
     module, _, function = target.partition(":")
     return getattr(importlib.import_module(f"allreduce.graph.algorithms.{module}"), function)
 
@@ -204,6 +211,17 @@ def register(info: AlgorithmInfo) -> AlgorithmInfo:
         raise ValueError(f"invalid algorithm name {info.name!r}: it may not contain ':', '#' or '/'")
     _REGISTRY[info.name] = info
     return info
+
+
+def unregister(name: str) -> AlgorithmInfo:
+    """Removes a flat algorithm that :func:`register` added, and returns its entry.
+
+    Raises:
+        ValueError: ``name`` is not a registered flat algorithm.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"algorithm {name!r} is not registered")
+    return _REGISTRY.pop(name)
 
 
 def _hierarchical(name: str) -> AlgorithmInfo | None:
