@@ -1,47 +1,69 @@
-"""``allreduce-worker``: servers that a client reaches through ``connect`` with a cluster
-resolver, that log their address and devices, and that exit 0 on ``SIGTERM`` and ``SIGINT``.
+"""``allreduce-worker`` and ``allreduce-bench --connect`` as docs/multiworker.md shows them.
 
-Two workers start on free loopback ports, one from ``--cluster-spec``, one from
-``TF_CONFIG``; a client process connects to them through ``TFConfigClusterResolver``,
-then through ``SimpleClusterResolver``, and sums across them; a third worker asked to
-serve at a port that is taken exits 1.
+The worker commands of the document start two workers (one from ``--cluster-spec``, one
+from ``TF_CONFIG``), with its ports 2222 and 2223 replaced by free ones; they must log
+their address and devices. A client process then connects through
+``TFConfigClusterResolver`` and through ``SimpleClusterResolver`` and sums across them,
+while a third worker asked for a port that is taken exits 1; the document's
+``allreduce-bench --connect`` commands (a measurement, a ``--tune``) must exit 0 on the
+workers; last, the workers must exit 0 on ``SIGTERM`` and ``SIGINT``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from allreduce._supervisor import LOOPBACK, free_ports
+from allreduce._supervisor import free_ports
 from tests.oracle import exact_sum
+from tests.unit.test_readme import shell_lines
 
-from .conftest import WorkerCommand, run_client
+from .conftest import ROOT, WorkerCommand, run_client
 
-pytestmark = [pytest.mark.multiworker, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.multiworker, pytest.mark.timeout(300)]
 
+DOC = ROOT / "docs" / "multiworker.md"
+DOC_PORTS = ("2222", "2223")
 CPUS = 2
 RESOLVERS = ("tf_config", "simple")
+
+
+def _doc_commands(tool: str, ports: list[int]) -> list[tuple[dict[str, str], list[str]]]:
+    """``(variables, arguments)`` of each of the document's commands of ``tool``, on ``ports``."""
+    found = []
+    for line in shell_lines(DOC):
+        for old, new in zip(DOC_PORTS, ports):
+            line = line.replace(f":{old}", f":{new}")
+        words = shlex.split(line)
+        env = {}
+        while re.fullmatch(r"[A-Z_]+=.*", words[0], flags=re.S):
+            name, _, value = words.pop(0).partition("=")
+            env[name] = value
+        if words[0] == tool:
+            found.append((env, words[1:]))
+    return found
 
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory):
     """The cluster spec, the two running workers and their start-up logs."""
     folder = tmp_path_factory.mktemp("workers")
-    spec = {"worker": [f"{LOOPBACK}:{p}" for p in free_ports(2)]}
-    tf_config = json.dumps({"cluster": spec, "task": {"type": "worker", "index": 1}})
-    started = [
-        WorkerCommand(
-            ["--cluster-spec", json.dumps(spec), "--task-index", "0", "--devices", str(CPUS)],
-            folder / "worker0.log",
-        ),
-        WorkerCommand(["--devices", str(CPUS)], folder / "worker1.log", env={"TF_CONFIG": tf_config}),
-    ]
+    ports = free_ports(2)
+    commands = _doc_commands("allreduce-worker", ports)
+    assert len(commands) == 2, commands
+    started = [WorkerCommand(a, folder / f"worker{i}.log", env) for i, (env, a) in enumerate(commands)]
     try:
         logs = [w.wait_serving(120) for w in started]
-        yield spec, started, logs
+        yield {"worker": [f"127.0.0.1:{p}" for p in ports]}, started, logs, ports
     finally:
         for w in started:
             w.kill()
@@ -51,7 +73,7 @@ def workers(tmp_path_factory):
 def session(workers, tmp_path_factory):
     """A client connected through each resolver in turn (its manifest and arrays), while a
     third worker tries the port of worker 0 (its exit status and log)."""
-    spec, _, _ = workers
+    spec = workers[0]
     folder = tmp_path_factory.mktemp("resolvers")
     taken = WorkerCommand(["--cluster-spec", json.dumps(spec), "--task-index", "0"], folder / "taken.log")
     try:
@@ -63,8 +85,28 @@ def session(workers, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stopped(workers, session):
-    """Worker 0 sent SIGTERM, worker 1 SIGINT, once the client is done: exit statuses and logs."""
+def bench_runs(workers, session):
+    """The document's ``allreduce-bench --connect`` commands, run after the client: statuses and output."""
+    commands = _doc_commands("allreduce-bench", workers[3])
+    assert len(commands) == 2, commands
+    runs = []
+    for env, args in commands:
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("allreduce-bench")), *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        runs.append((args, done.returncode, done.stdout, done.stderr))
+    return runs
+
+
+@pytest.fixture(scope="module")
+def stopped(workers, session, bench_runs):
+    """Worker 0 sent SIGTERM, worker 1 SIGINT, once the clients are done: exit statuses and logs."""
     statuses = {}
     for worker, sig in zip(workers[1], (signal.SIGTERM, signal.SIGINT)):
         worker.process.send_signal(sig)
@@ -77,7 +119,7 @@ def _expected_devices(tasks: int) -> list[list[str]]:
 
 
 def test_a_worker_logs_its_address_and_devices_at_start(workers):
-    spec, _, logs = workers
+    spec, _, logs, _ = workers
     for task, (address, log) in enumerate(zip(spec["worker"], logs)):
         assert f"serving /job:worker/replica:0/task:{task} at {address}" in log
         assert f"devices: {', '.join(_expected_devices(2)[task])}" in log
@@ -113,3 +155,12 @@ def test_a_worker_exits_0_on_sigterm_and_sigint(stopped, sig):
     status, text = stopped[sig.name]
     assert status == 0, text[-2000:]
     assert f"{sig.name}: stopping" in text
+
+
+def test_the_documented_bench_commands_measure_and_tune_on_the_workers(bench_runs):
+    (_, status, out, err), (tune, tune_status, tune_out, tune_err) = bench_runs
+    assert status == 0, err[-3000:]
+    assert "4 x CPU over 2 workers" in out
+    assert "All results exact and identical on every device (#wrong 0)." in out
+    assert "--tune" in tune and tune_status == 0, tune_err[-3000:]
+    assert tune_out.startswith("# tune: "), tune_out[:500]

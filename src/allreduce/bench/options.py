@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from allreduce._cluster_spec import check_cluster_spec, parse_json_spec, parse_tf_config
+from allreduce._connection import CLIENT_JOB, client_address
 from allreduce.bench.cases import Case, many_small_case, max_exact_devices, sweep_cases
 from allreduce.bench.contenders import LIBRARY_PACK_MAX_GROUP
 
@@ -209,7 +210,8 @@ def connect_spec(text: str, environ: Mapping[str, str] | None = None) -> dict[st
     when ``text`` is ``"tf_config"``.
 
     Raises:
-        UsageError: not JSON, no ``TF_CONFIG``, or a spec ``connect`` would refuse.
+        UsageError: not JSON, no ``TF_CONFIG``, or a spec ``connect`` would refuse (also
+            workers on other hosts and no ``localhost`` address of this process).
     """
     environ = os.environ if environ is None else environ
     try:
@@ -219,7 +221,8 @@ def connect_spec(text: str, environ: Mapping[str, str] | None = None) -> dict[st
             raw = parse_tf_config(environ["TF_CONFIG"])[0]
         else:
             raw = parse_json_spec(text, "--connect")
-        check_cluster_spec(raw, "worker", "localhost")
+        jobs, client = check_cluster_spec(raw, "worker", CLIENT_JOB)
+        client_address([a for tasks in jobs.values() for a in tasks], client)
     except UsageError:
         raise
     except (TypeError, ValueError) as err:
