@@ -120,12 +120,8 @@ def resolve_task(args: argparse.Namespace, environ: Mapping[str, str]) -> Task:
         if args.cluster_spec is not None:
             if args.task_index is None:
                 raise UsageError("--cluster-spec needs --task-index N")
-            raw, job, index = (
-                parse_json_spec(args.cluster_spec, "--cluster-spec"),
-                args.job_name,
-                args.task_index,
-            )
-            job = job or JOB_NAME
+            raw = parse_json_spec(args.cluster_spec, "--cluster-spec")
+            job, index = args.job_name or JOB_NAME, args.task_index
         elif args.task_index is not None:
             raise UsageError("--task-index needs --cluster-spec JSON")
         else:
@@ -149,7 +145,7 @@ def _gpu_count(tf: Any) -> int:
     return gpus
 
 
-def _serve(task: Task, args: argparse.Namespace) -> int:
+def _serve(task: Task, args: argparse.Namespace) -> int:  # pragma: no cover - in worker processes
     """Starts the server, logs it, waits for a stop signal and ends the process; returns
     only the status of a failed start.
 
