@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from allreduce._supervisor import free_ports
 from tests.oracle import exact_sum
@@ -72,16 +73,20 @@ def workers(tmp_path_factory):
 @pytest.fixture(scope="module")
 def session(workers, tmp_path_factory):
     """A client connected through each resolver in turn (its manifest and arrays), while a
-    third worker tries the port of worker 0 (its exit status and log)."""
+    third worker tries the port of worker 0 and a fourth asks for GPUs (their exit statuses
+    and logs)."""
     spec = workers[0]
     folder = tmp_path_factory.mktemp("resolvers")
-    taken = WorkerCommand(["--cluster-spec", json.dumps(spec), "--task-index", "0"], folder / "taken.log")
+    task0 = ["--cluster-spec", json.dumps(spec), "--task-index", "0"]
+    taken = WorkerCommand(task0, folder / "taken.log")
+    gpus = WorkerCommand([*task0, "--gpus"], folder / "gpus.log")
     try:
         args = {"cluster_spec": spec, "resolvers": list(RESOLVERS), "op_timeout_s": 60.0, "seed": 5}
         client = run_client("resolvers", {**args, "length": 513}, folder, timeout_s=180)
-        return client, taken.wait(120), taken.text()
+        return client, taken.wait(120), taken.text(), gpus.wait(120), gpus.text()
     finally:
         taken.kill()
+        gpus.kill()
 
 
 @pytest.fixture(scope="module")
@@ -143,11 +148,20 @@ def test_connect_takes_a_cluster_resolver_and_sums_exactly(session, workers, kin
 
 
 def test_a_port_that_is_taken_exits_1_with_one_line(workers, session):
-    _, status, text = session
+    _, status, text, _, _ = session
     assert status == 1, text[-2000:]
     errors = [line for line in text.splitlines() if line.startswith("allreduce-worker: error:")]
     assert len(errors) == 1, text[-2000:]
     assert f"cannot start the server at {workers[0]['worker'][0]}" in errors[0]
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="this host has a GPU")
+def test_gpus_on_a_host_without_one_exits_2_with_one_line(session):
+    status, text = session[3:]
+    assert status == 2, text[-2000:]
+    errors = [line for line in text.splitlines() if line.startswith("allreduce-worker: error:")]
+    assert len(errors) == 1, text[-2000:]
+    assert errors[0].startswith("allreduce-worker: error: --gpus: TensorFlow sees no GPU on this host")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
