@@ -109,11 +109,12 @@ def train(
     initial: Sequence[np.ndarray],
     spec: str = "pscpu/pscpu",
     lr: float = 0.1,
+    device_type: str = "CPU",
 ) -> History:
-    """SGD with one replica per device of ``cluster``; each global batch split evenly
-    over the replicas in device order. Returns the losses, whether the replicas were
-    bitwise identical after each step, and the final weights."""
-    devices = [d for worker in cluster.devices for d in worker]
+    """SGD with one replica per device of ``device_type`` of ``cluster``; each global batch
+    split evenly over the replicas in device order. Returns the losses, whether the
+    replicas were bitwise identical after each step, and the final weights."""
+    devices = [d for worker in cluster.devices_of(device_type) for d in worker]
     replicas = _replicas(devices, initial)
     step = _distributed_step(devices, replicas, spec, lr)
     history = History([], [], [])

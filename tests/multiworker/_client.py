@@ -30,7 +30,12 @@ import tensorflow as tf
 import allreduce
 from allreduce.cluster import WorkerError, local_cluster
 from tests.multiworker._recording import Recorder, integer_valued, place, tensor_values
-from tests.multiworker._scenarios import scenario_connect, scenario_lifecycle, scenario_training
+from tests.multiworker._scenarios import (
+    scenario_connect,
+    scenario_lifecycle,
+    scenario_resolvers,
+    scenario_training,
+)
 
 
 def loopback_connections(pids: list[int]) -> list[list[str]]:
@@ -254,6 +259,7 @@ SCENARIOS = {
     "lifecycle": scenario_lifecycle,
     "training": scenario_training,
     "connect": scenario_connect,
+    "resolvers": scenario_resolvers,
 }
 
 

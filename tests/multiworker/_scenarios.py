@@ -1,11 +1,14 @@
 """Client scenarios of a cluster's life: tensors after closing, a worker frozen under direct
-calls, ``connect`` to servers another process started, and the training example."""
+calls, ``connect`` to servers another process started (also through cluster resolvers),
+and the training example."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import io
+import json
+import os
 import signal
 import sys
 import threading
@@ -150,3 +153,30 @@ def scenario_connect(args: dict, rec: Recorder) -> None:
                 record["seconds"] = time.monotonic() - start
             _handshake(f"faulted {name}")
         record["remote_devices_after"] = _remote_devices()
+
+
+def _resolver(kind: str, args: dict):
+    resolvers = tf.distribute.cluster_resolver
+    if kind == "tf_config":
+        os.environ["TF_CONFIG"] = json.dumps({"cluster": args["cluster_spec"]})
+        return resolvers.TFConfigClusterResolver()
+    return resolvers.SimpleClusterResolver(tf.train.ClusterSpec(args["cluster_spec"]))
+
+
+def scenario_resolvers(args: dict, rec: Recorder) -> None:
+    """``connect`` to ``allreduce-worker`` servers through each kind of cluster resolver, in turn."""
+    rng = np.random.default_rng(args["seed"])
+    for kind in args["resolvers"]:
+        record = rec.manifest[kind] = {}
+        with connect(_resolver(kind, args), op_timeout_s=args["op_timeout_s"]) as cluster:
+            record["devices"] = cluster.devices
+            record["cpus"] = cluster.devices_of("CPU")
+            record["gpus"] = cluster.devices_of("GPU")
+            record["cluster_spec"] = cluster.cluster_spec
+            devices = [d for worker in cluster.devices_of("CPU") for d in worker]
+            values = [integer_valued(rng, [args["length"]], "float32") for _ in devices]
+            record["inputs"] = [rec.array(v) for v in values]
+            tensors = [place(v, d) for v, d in zip(values, devices)]
+            out = cluster.run(allreduce.all_reduce, tensors, "pscpu/pscpu")
+            record["outputs"] = [rec.array(tensor_values(t)) for t in out]
+            record["output_devices"] = [t.device for t in out]

@@ -158,3 +158,49 @@ def wait_gone(pids: list[int], bound_s: float) -> list[int]:
         time.sleep(0.1)
         left = [p for p in left if not process_gone(p)]
     return left
+
+
+WORKER_COMMAND = Path(sys.executable).with_name("allreduce-worker")
+
+
+class WorkerCommand:
+    """One ``allreduce-worker`` process, in its own session, its stderr in a file."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        with open(log, "wb") as stderr:
+            self.process = subprocess.Popen(
+                [str(WORKER_COMMAND), *args],
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_serving(self, timeout_s: float) -> str:
+        """Waits until the worker logged its devices; fails the test if it exits or does not in time."""
+        deadline = time.monotonic() + timeout_s
+        while "devices: " not in self.text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"allreduce-worker did not start in {timeout_s} s:\n{self.text()[-4000:]}")
+            time.sleep(0.1)
+        return self.text()
+
+    def wait(self, timeout_s: float) -> int:
+        """The exit status; fails the test if the worker is still running after ``timeout_s``."""
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"allreduce-worker did not exit in {timeout_s} s:\n{self.text()[-4000:]}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

@@ -53,6 +53,7 @@ _INTERRUPTIBLE = (
 def _blocked(argvs: list[list[str]], blocked: list[str]) -> dict:
     done = subprocess.run(
         [sys.executable, "-c", _BLOCKED, json.dumps(blocked), json.dumps(argvs)],
+        env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -83,6 +84,12 @@ def _usage_cases(tmp) -> dict[str, list[str]]:
         "bad timeout": ["--op-timeout", "-1"],
         "workers on gpus": ["--workers", "2", "--device-type", "gpu"],
         "unknown option": ["--nosuchoption"],
+        "connect and workers": ["--connect", '{"worker": ["127.0.0.1:5000"]}', "--workers", "2"],
+        "connect and devices": ["--connect", '{"worker": ["127.0.0.1:5000"]}', "--devices", "2"],
+        "connect spec not json": ["--connect", '{"worker": ["127.0.0.1:5000"]'],
+        "connect spec without workers": ["--connect", '{"ps": ["127.0.0.1:5000"]}'],
+        "connect without tf_config": ["--connect", "--no-progress"],
+        "connect to remote workers only": ["--connect", '{"worker": ["10.1.2.3:5000"]}'],
     }
 
 
@@ -105,6 +112,12 @@ _WORDS = {
     "bad timeout": "--op-timeout",
     "workers on gpus": "--workers",
     "unknown option": "--nosuchoption",
+    "connect and workers": "--workers does not go with --connect",
+    "connect and devices": "--devices does not go with --connect",
+    "connect spec not json": "--connect is not JSON",
+    "connect spec without workers": "job_name 'worker' is not a worker job",
+    "connect without tf_config": "reads TF_CONFIG, which is not set",
+    "connect to remote workers only": "need an address of this process",
 }
 _INFO = {"help": ["--help"], "version": ["--version"], "list specs": ["--list-specs"]}
 

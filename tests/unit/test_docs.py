@@ -28,7 +28,7 @@ EVERY_DOCUMENT = [README, CONTRIBUTING, *DOCS]
 
 #: Python blocks that cannot run here, found by a line they hold, with the reason.
 NOT_RUNNABLE = {
-    ("multiworker.md", "server.join()"): "serves a task of a cluster of other hosts until killed",
+    ("multiworker.md", "SlurmClusterResolver("): "needs a Slurm job and a Kubernetes cluster",
     ("multiworker.md", '"host0:2222"'): "connects to servers on other hosts",
 }
 #: Python blocks that start worker processes.

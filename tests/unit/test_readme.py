@@ -141,6 +141,13 @@ def bench_help() -> str:
     return done.stdout
 
 
+@cache
+def worker_help() -> str:
+    from allreduce.cluster.worker_cli import build_parser
+
+    return build_parser().format_help()
+
+
 def _options(words: list[str]) -> list[str]:
     return [w.split("=")[0] for w in words if w.startswith("-") and w != "-"]
 
@@ -152,6 +159,8 @@ def command_problems(line: str) -> list[str]:
     if not line or line.startswith("#"):
         return []
     words = shlex.split(line)
+    while len(words) > 1 and re.fullmatch(r"[A-Z_]+=.*", words[0], flags=re.S):
+        words = words[1:]  # VARIABLE=value before the command
     tool, args = words[0], words[1:]
     if tool == "make":
         return [f"no make target {t!r}" for t in args if t not in make_targets()]
@@ -167,6 +176,9 @@ def command_problems(line: str) -> list[str]:
     if tool == "allreduce-bench" or words[:3] == ["python", "-m", "allreduce.bench"]:
         known = set(re.findall(r"(?<![\w-])(--?[\w-]+)", bench_help()))
         return [f"allreduce-bench has no option {o!r}" for o in _options(args) if o not in known]
+    if tool == "allreduce-worker":
+        known = set(re.findall(r"(?<![\w-])(--?[\w-]+)", worker_help()))
+        return [f"allreduce-worker has no option {o!r}" for o in _options(args) if o not in known]
     if tool in ("python", ".venv/bin/python") and args and args[0].endswith(".py"):
         script = ROOT / args[0]
         if not script.exists():

@@ -10,6 +10,6 @@ The command line is :func:`allreduce.bench.cli.main`: it reads the options into 
 :class:`~allreduce.bench.options.Options`, checks them and the machine
 (:mod:`~allreduce.bench.preflight`) before TensorFlow starts, and hands them to
 :func:`allreduce.bench.session.run`, which imports TensorFlow quietly
-(:mod:`~allreduce.measure.quiet`) and measures case by case. ``--list-specs`` prints
+(:mod:`~allreduce.core.quiet`) and measures case by case. ``--list-specs`` prints
 :mod:`~allreduce.measure.catalog`'s description of the registry.
 """

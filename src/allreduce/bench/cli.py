@@ -26,6 +26,7 @@ from allreduce.bench.options import (
     EXIT_USAGE,
     FULL,
     QUICK,
+    TF_CONFIG,
     WORKLOADS,
     Options,
     UsageError,
@@ -164,14 +165,20 @@ def _add_what(p: argparse.ArgumentParser, d: Options) -> None:
     )
     p.add_argument("--workers", type=_integer(1), help="run across a local cluster of W processes")
     p.add_argument(
+        "--connect",
+        nargs="?",
+        const=TF_CONFIG,
+        metavar="SPEC",
+        help="run across servers started with allreduce-worker: a JSON cluster spec "
+        '\'{"worker": ["host:port", ...]}\'; without SPEC, the cluster of TF_CONFIG',
+    )
+    p.add_argument(
         "--compression",
         type=_compressions,
         help="comma-separated wire compressions, each spec run with each: none (default), bf16, fp16, "
         "or bf16-all / fp16-all to compress hops between CPUs of one process too",
     )
-    p.add_argument(
-        "--op-timeout", type=_seconds, help=f"seconds a cluster op may take with --workers ({d.op_timeout:g})"
-    )
+    p.add_argument("--op-timeout", type=_seconds, help=f"seconds a cluster op may take ({d.op_timeout:g})")
 
 
 def _add_how(p: argparse.ArgumentParser) -> None:

@@ -6,10 +6,13 @@ matplotlib, so every mistake these checks find is reported before anything start
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from allreduce.cluster.cluster_spec import check_cluster_spec, parse_json_spec, parse_tf_config
+from allreduce.cluster.connection import CLIENT_JOB, client_address
 from allreduce.measure.cases import Case, many_small_case, max_exact_devices, sweep_cases
 from allreduce.measure.contenders import LIBRARY_PACK_MAX_GROUP
 
@@ -24,17 +27,21 @@ __all__ = [
     "FULL",
     "NO_PACKING",
     "QUICK",
+    "TF_CONFIG",
     "WORKLOADS",
     "Options",
     "Packing",
     "Sweep",
     "UsageError",
+    "connect_spec",
     "resolve_options",
 ]
 
 WORKLOADS = ("sweep", "many-small", "model")
 DEVICE_TYPES = ("cpu", "gpu")
 ALLOCATORS = ("bfc", "system")
+#: ``--connect`` without a spec: the cluster of ``TF_CONFIG``.
+TF_CONFIG = "tf_config"
 
 
 #: Exit statuses of the command.
@@ -106,6 +113,7 @@ class Options:
     pack_max_bytes: int = NO_PACKING.max_bytes
     pack_max_group: int = NO_PACKING.max_group
     workers: int | None = None
+    connect: str | None = None
     compression: tuple[str, ...] = ("none",)
     op_timeout: float = 120.0
     allocator: str = "bfc"
@@ -184,12 +192,49 @@ def _check(options: Options, given: Mapping[str, Any]) -> None:
         )
     if options.min_bytes > options.max_bytes:
         raise UsageError(f"--min-bytes ({options.min_bytes}) exceeds --max-bytes ({options.max_bytes})")
+    if options.connect is not None:
+        _check_connect(options, given)
     if options.workers is not None and options.device_type != "cpu":
         raise UsageError("--workers starts CPU workers: use it with --device-type cpu")
     limit = max_exact_devices(options.dtype)
-    if options.total_devices > limit:
+    if options.connect is None and options.total_devices > limit:
         raise UsageError(
             f"{options.total_devices} devices: sums in {options.dtype} are exact for at most {limit} devices"
         )
     if options.workload != "model":
         options.cases()
+
+
+def connect_spec(text: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The cluster spec of ``--connect``: ``text`` as JSON, or the cluster of ``TF_CONFIG``
+    when ``text`` is ``"tf_config"``.
+
+    Raises:
+        UsageError: not JSON, no ``TF_CONFIG``, or a spec ``connect`` would refuse (also
+            workers on other hosts and no ``localhost`` address of this process).
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        if text == TF_CONFIG:
+            if "TF_CONFIG" not in environ:
+                raise UsageError("--connect without a spec reads TF_CONFIG, which is not set")
+            raw = parse_tf_config(environ["TF_CONFIG"])[0]
+        else:
+            raw = parse_json_spec(text, "--connect")
+        jobs, client = check_cluster_spec(raw, "worker", CLIENT_JOB)
+        client_address([a for tasks in jobs.values() for a in tasks], client)
+    except UsageError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"--connect: {err}") from None
+    return raw
+
+
+def _check_connect(options: Options, given: Mapping[str, Any]) -> None:
+    for option in ("workers", "devices"):
+        if option in given:
+            raise UsageError(
+                f"--{option} does not go with --connect: the cluster spec names the workers, and "
+                "each worker's devices are those it serves (allreduce-worker --devices N or --gpus)"
+            )
+    connect_spec(options.connect)

@@ -11,17 +11,27 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from allreduce.bench.options import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Options
+from allreduce.bench.options import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Options,
+    UsageError,
+    connect_spec,
+)
 from allreduce.bench.preflight import check_memory, check_model_name
 from allreduce.bench.report import format_header, format_rows, format_summary, to_json
-from allreduce.measure.cases import Case, shapes_case
+from allreduce.core.quiet import import_tensorflow
+from allreduce.measure.cases import Case, max_exact_devices, shapes_case
 from allreduce.measure.contenders import Contender, Setup, SpecContender, default_specs
 from allreduce.measure.driver import Guard, Result, describe_error, run_case
-from allreduce.measure.quiet import import_tensorflow
 
-__all__ = ["make_contenders", "model_cases", "run"]
+__all__ = ["make_contenders", "model_cases", "open_cluster", "run"]
+
+if TYPE_CHECKING:
+    from allreduce.cluster.base import Cluster
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +52,42 @@ def model_cases(options: Options, tf: Any) -> list[Case]:
     return [shapes_case(options.model, shapes, options.dtype)]
 
 
+def open_cluster(options: Options, stack: ExitStack) -> Cluster | None:
+    """The cluster the options measure on, open until ``stack`` closes: local worker
+    processes (``--workers``) or servers started elsewhere (``--connect``); ``None``
+    for this process's own devices.
+
+    Raises:
+        UsageError: ``connect`` refuses the ``--connect`` spec.
+        RuntimeError: the cluster cannot start or a worker does not answer.
+    """
+    if options.workers is not None:
+        from allreduce.cluster import local_cluster
+
+        return stack.enter_context(
+            local_cluster(options.workers, options.devices, op_timeout_s=options.op_timeout)
+        )
+    if options.connect is not None:
+        from allreduce.cluster import connect
+
+        spec = connect_spec(options.connect)
+        try:
+            return stack.enter_context(connect(spec, op_timeout_s=options.op_timeout))
+        except ValueError as err:  # e.g. remote workers and no address of this process
+            raise UsageError(f"--connect: {err}") from None
+    return None
+
+
 def _enter_devices(options: Options, stack: ExitStack) -> tuple[list[str], int, Guard]:
     """The devices, the number of workers, and how to call a step (a cluster's watchdog).
 
     Raises:
+        UsageError: more devices than sums are exact for.
         RuntimeError: the devices cannot be made, or the cluster cannot start.
     """
     device_type = options.device_type.upper()
-    if options.workers is None:
+    cluster = open_cluster(options, stack)
+    if cluster is None:
         from allreduce.graph.local_devices import logical_devices
 
         memory = int(os.environ.get(_GPU_MEMORY_ENV, "4096"))
@@ -57,12 +95,15 @@ def _enter_devices(options: Options, stack: ExitStack) -> tuple[list[str], int, 
             return logical_devices(options.devices, device_type, gpu_memory_mb=memory), 1, lambda fn: fn()
         except RuntimeError as err:
             raise RuntimeError(f"--devices {options.devices}: {err}") from None
-    from allreduce.cluster import local_cluster
-
-    cluster = stack.enter_context(
-        local_cluster(options.workers, options.devices, op_timeout_s=options.op_timeout)
-    )
-    return [d for worker in cluster.devices for d in worker], options.workers, cluster.run
+    devices = [d for worker in cluster.devices_of(device_type) for d in worker]
+    if not devices:
+        raise RuntimeError(f"the cluster's workers have no {device_type} device")
+    limit = max_exact_devices(options.dtype)
+    if len(devices) > limit:
+        raise UsageError(
+            f"{len(devices)} devices: sums in {options.dtype} are exact for at most {limit} devices"
+        )
+    return devices, len(cluster.devices), cluster.run
 
 
 def make_contenders(options: Options, setup: Setup, *, logical_split: bool = False) -> list[Contender]:
@@ -225,9 +266,13 @@ def run(options: Options, cases: Sequence[Case] | None = None) -> int:
             workers=workers,
             pack_max_bytes=options.pack_max_bytes,
             pack_max_group=options.pack_max_group,
-            witness=workers > 1 or options.device_type != "cpu",
+            witness=workers > 1 or options.device_type != "cpu" or options.connect is not None,
         )
-        split = workers == 1 and len(tf.config.list_physical_devices(setup.device_type)) < len(devices)
+        split = (
+            workers == 1
+            and options.connect is None
+            and len(tf.config.list_physical_devices(setup.device_type)) < len(devices)
+        )
         contenders = make_contenders(options, setup, logical_split=split)
         logger.info("devices: %s", ", ".join(devices))
         logger.info("cases: %s", ", ".join(c.name for c in cases))

@@ -1,12 +1,13 @@
 """Multi-worker clusters: local worker processes, or servers elsewhere, behind one interface.
 
 :func:`local_cluster` starts ``workers`` ``tf.distribute.Server`` processes on
-``127.0.0.1``; :func:`connect` joins servers that run elsewhere. Either connects the
-calling process and yields a cluster whose devices the same all-reduce code uses::
+``127.0.0.1``; :func:`connect` joins servers that run elsewhere (``allreduce-worker``).
+Either connects the calling process and yields a cluster whose devices the same
+all-reduce code uses::
 
     with local_cluster(2, 2) as cluster:
         tensors = []
-        for i, device in enumerate(d for worker in cluster.devices for d in worker):
+        for i, device in enumerate(d for worker in cluster.devices_of("CPU") for d in worker):
             with tf.device(device):
                 tensors.append(tf.fill([1024], float(i)))
         summed = cluster.run(allreduce.all_reduce, tensors, "pscpu/pscpu")
@@ -243,7 +244,9 @@ def connect(
     calls outside ``run`` are not ended). Leaving the block disconnects; the servers run on.
 
     Args:
-        cluster_spec: ``{job: ["host:port", ...]}`` or a ``tf.train.ClusterSpec``.
+        cluster_spec: ``{job: ["host:port", ...]}``, a ``tf.train.ClusterSpec``, or a
+            ``tf.distribute.cluster_resolver.ClusterResolver`` (``TFConfigClusterResolver``,
+            ``SimpleClusterResolver``, Slurm's, Kubernetes'...), whose ``cluster_spec()`` is used.
         job_name: the job whose tasks are the workers.
         op_timeout_s: the default deadline of :meth:`Cluster.run`.
         unresponsive_s: how long a worker may leave its heartbeat unanswered.

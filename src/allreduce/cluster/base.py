@@ -21,9 +21,12 @@ from allreduce.cluster import connection as _connection
 from allreduce.cluster.errors import WorkerError
 from allreduce.cluster.threads import daemon_thread
 from allreduce.cluster.watchdog import Watchdog
-from allreduce.core.validation import check_seconds
+from allreduce.core.validation import check_choice, check_seconds
 
-__all__ = ["Cluster"]
+__all__ = ["DEVICE_TYPES", "Cluster"]
+
+#: The device types :meth:`Cluster.devices_of` selects.
+DEVICE_TYPES = ("CPU", "GPU")
 
 log = logging.getLogger("allreduce.cluster")
 
@@ -78,6 +81,17 @@ class Cluster:
     def devices(self) -> list[list[str]]:
         """One list of full device names per worker, e.g. ``/job:worker/replica:0/task:1/device:CPU:0``."""
         return [list(worker) for worker in self._devices]
+
+    def devices_of(self, device_type: str) -> list[list[str]]:
+        """The devices of one type, ``"CPU"`` or ``"GPU"``, one list per worker (empty
+        for a worker without one), e.g. a GPU host's GPUs without its CPU.
+
+        Raises:
+            TypeError: ``device_type`` is not a str.
+            ValueError: ``device_type`` is not one of :data:`DEVICE_TYPES`.
+        """
+        check_choice("device_type", device_type, DEVICE_TYPES)
+        return [[d for d in worker if _device_type(d) == device_type] for worker in self._devices]
 
     @property
     def cluster_spec(self) -> dict[str, list[str]]:
@@ -213,6 +227,11 @@ class Cluster:
 
     def _state(self) -> str:
         return "closed" if self._closed else "open"
+
+
+def _device_type(name: str) -> str:
+    """``"GPU"`` of ``/job:worker/replica:0/task:0/device:GPU:1``."""
+    return name.rpartition("/device:")[2].partition(":")[0].upper()
 
 
 def _device_order(name: str) -> tuple[str, int]:

@@ -1,11 +1,13 @@
-"""The cluster spec :func:`allreduce.cluster.connect` takes, checked (pure Python)."""
+"""The cluster spec :func:`allreduce.cluster.connect` takes, checked, and the JSON forms
+(``--cluster-spec``, ``TF_CONFIG``) the command-line tools read it from (pure Python)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["check_address", "check_cluster_spec"]
+__all__ = ["check_address", "check_cluster_spec", "parse_json_spec", "parse_tf_config"]
 
 
 def _describe(value: Any) -> str:
@@ -44,11 +46,12 @@ def check_cluster_spec(
 ) -> tuple[dict[str, list[str]], str | None]:
     """The jobs of ``cluster_spec`` without ``client_job``, and the one address of ``client_job``.
 
-    ``cluster_spec`` is ``{job: ["host:port", ...]}`` or anything with ``as_dict()`` (a
-    ``tf.train.ClusterSpec``).
+    ``cluster_spec`` is ``{job: ["host:port", ...]}``, anything with ``as_dict()`` (a
+    ``tf.train.ClusterSpec``) or anything with ``cluster_spec()`` (a
+    ``tf.distribute.cluster_resolver.ClusterResolver``: its spec is taken).
 
     Raises:
-        TypeError: ``cluster_spec`` is neither, ``job_name`` is not a str, or a job does
+        TypeError: ``cluster_spec`` is none of these, ``job_name`` is not a str, or a job does
             not list string addresses.
         ValueError: ``job_name`` is not one of its jobs, a job is empty, an address is
             not ``host:port``, an address appears twice, or ``client_job`` has more than
@@ -56,10 +59,13 @@ def check_cluster_spec(
     """
     if not isinstance(job_name, str):
         raise TypeError(f"job_name must be a str, got {_describe(job_name)}")
+    if callable(getattr(cluster_spec, "cluster_spec", None)):  # a ClusterResolver
+        cluster_spec = cluster_spec.cluster_spec()
     raw = cluster_spec.as_dict() if callable(getattr(cluster_spec, "as_dict", None)) else cluster_spec
     if not isinstance(raw, Mapping):
         raise TypeError(
-            f"cluster_spec must be a dict {{job: ['host:port', ...]}} or a tf.train.ClusterSpec, "
+            f"cluster_spec must be a dict {{job: ['host:port', ...]}}, a tf.train.ClusterSpec or a "
+            f"ClusterResolver, "
             f"got {_describe(cluster_spec)}"
         )
     jobs: dict[str, list[str]] = {}
@@ -77,3 +83,35 @@ def check_cluster_spec(
     if client is not None and len(client) != 1:
         raise ValueError(f"job {client_job!r} is this process: give it one address, got {client}")
     return jobs, client[0] if client else None
+
+
+def parse_json_spec(text: str, what: str) -> Any:
+    """The JSON value of ``text``, read from ``what`` (an option or variable, for messages).
+
+    Raises:
+        ValueError: ``text`` is not JSON, naming ``what`` and where it stops parsing.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} is not JSON ({err.msg} at character {err.pos}): {text[:80]!r}") from None
+
+
+def parse_tf_config(text: str) -> tuple[Any, str | None, int | None]:
+    """The cluster, task type and task index of a ``TF_CONFIG`` value (type and index
+    ``None`` when it names no task), in the format of TensorFlow's ``TFConfigClusterResolver``.
+
+    Raises:
+        ValueError: not JSON, no ``"cluster"`` object, or a task without a string
+            ``"type"`` and an integer ``"index"``.
+    """
+    config = parse_json_spec(text, "TF_CONFIG")
+    if not isinstance(config, Mapping) or not isinstance(config.get("cluster"), Mapping):
+        raise ValueError(f'TF_CONFIG must be an object with a "cluster" object, got {text[:80]!r}')
+    task = config.get("task")
+    if task is None:
+        return config["cluster"], None, None
+    kind, index = (task.get("type"), task.get("index")) if isinstance(task, Mapping) else (None, None)
+    if not isinstance(kind, str) or not isinstance(index, int) or isinstance(index, bool):
+        raise ValueError(f'TF_CONFIG\'s "task" must be {{"type": JOB, "index": N}}, got {_describe(task)}')
+    return config["cluster"], kind, index

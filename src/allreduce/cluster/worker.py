@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import sys
+from typing import Any
 
 HEARTBEAT_S = 0.25
 JOB_NAME = "worker"
@@ -45,21 +46,31 @@ def die_with_parent(parent: int) -> bool:
     return armed
 
 
+def start_server(cluster: dict[str, list[str]], task: int, cpus: int, job: str = JOB_NAME) -> Any:
+    """Starts this process's ``tf.distribute.Server`` for ``/job:JOB/task:TASK`` with
+    ``cpus`` logical CPUs (and every GPU TensorFlow sees); returns it.
+
+    Raises:
+        tf.errors.OpError: the server could not start (e.g. its port is taken).
+    """
+    from allreduce.core._tf import tf
+
+    return tf.distribute.Server(
+        tf.train.ClusterSpec(cluster),
+        job_name=job,
+        task_index=task,
+        config=tf.compat.v1.ConfigProto(device_count={"CPU": cpus}),
+        start=True,
+    )
+
+
 def main(argv: list[str]) -> None:  # pragma: no cover - runs in the worker processes
     parent = int(argv[3])
     die_with_parent(parent)
     cluster, task, cpus = json.loads(argv[0]), int(argv[1]), int(argv[2])
     stdin = sys.stdin.buffer.fileno()
     out = sys.stdout.buffer
-    from allreduce.core._tf import tf
-
-    tf.distribute.Server(
-        tf.train.ClusterSpec(cluster),
-        job_name=JOB_NAME,
-        task_index=task,
-        config=tf.compat.v1.ConfigProto(device_count={"CPU": cpus}),
-        start=True,
-    )
+    start_server(cluster, task, cpus)
     try:
         out.write(b"ready\n")
         out.flush()
