@@ -75,6 +75,8 @@ def _usage_cases(tmp) -> dict[str, list[str]]:
         "more memory than the machine has": ["--min-bytes", "4096G", "--max-bytes", "4096G"],
         "unknown spec": ["--specs", "nosuchalg"],
         "empty specs": ["--specs", ","],
+        "an empty spec among others": ["--specs", "xring,,pscpu"],
+        "negative min bytes": ["--min-bytes", "-5"],
         "unknown peer": ["--peers", "nosuchpeer"],
         "peers and no peers": ["--no-peers", "--peers", "numpy"],
         "factor": ["--factor", "1"],
@@ -103,6 +105,8 @@ _WORDS = {
     "more memory than the machine has": "memory",
     "unknown spec": "nosuchalg",
     "empty specs": "--specs",
+    "an empty spec among others": "got 'xring,,pscpu' (an empty name)",
+    "negative min bytes": "--min-bytes: expected at least 1, got '-5'",
     "unknown peer": "nosuchpeer",
     "peers and no peers": "not allowed",
     "factor": "--factor",
@@ -132,6 +136,14 @@ def without_tensorflow(tmp_path_factory) -> dict:
 
 def test_nothing_loaded_tensorflow(without_tensorflow):
     assert without_tensorflow["loaded"] == [] and not without_tensorflow["tf_shim"]
+
+
+def test_a_run_without_tensorflow_is_one_line_naming_the_extras_and_exit_2():
+    (run,) = _blocked([["--quick", "--no-progress"]], ["tensorflow", "keras"])["runs"]
+    assert run["status"] == 2, run
+    lines = run["err"].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("allreduce-bench: error: "), run["err"]
+    assert "allreduce[cpu]" in lines[0] and "allreduce[gpu]" in lines[0]
 
 
 @pytest.mark.parametrize("name", sorted(_WORDS))

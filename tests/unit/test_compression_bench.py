@@ -46,11 +46,16 @@ def test_each_spec_runs_with_each_compression_side_by_side(tmp_path, capsys) -> 
     by_name = {(r["case"], r["name"]): r for r in results}
     compressed = by_name["1KiB", "xring (fp16-all)"]
     assert compressed["compression"] == "fp16-all" and compressed["spec"] == "xring"
-    # Sums of small integers are exact in float16 too; the bound is reported all the same.
-    assert compressed["max_error"] == 0 and compressed["wrong"] == 0
-    largest = float(cases.expected_sum(256, 4).max())
+    # The inputs round in float16: an error above 0, within the bound of the largest sum.
+    largest = float(cases.rounding_sum(256, 4).max())
     assert compressed["bound"] == allreduce.error_bound("xring", 4, "fp16").limit(largest, largest)
-    assert by_name["1KiB", "xring"]["bound"] == 0 and by_name["1KiB", "xring"]["compression"] == "none"
+    assert 0 < compressed["max_error"] <= compressed["bound"] and compressed["wrong"] == 0
+    for name in ("xring", "pscpu/xring"):  # the same inputs, uncompressed: exact
+        plain = by_name["1KiB", name]
+        assert plain["bound"] == 0 and plain["max_error"] == 0 and plain["wrong"] == 0
+        assert plain["compression"] == "none"
+        bf16 = by_name["1KiB", f"{name} (bf16)"]
+        assert 0 <= bf16["max_error"] <= bf16["bound"]
     assert "compressed ones within their error bound" in out
 
 
@@ -83,3 +88,29 @@ def test_a_spec_contender_bounds_each_element_by_its_sum() -> None:
     (limit,) = SpecContender("xring", compression="bf16-all").tolerance(case, setup, expected)
     bound = allreduce.error_bound("xring", 4, "bf16")
     np.testing.assert_array_equal(limit, bound.limit(expected[0].astype(np.float64), expected[0].max()))
+
+
+def test_a_run_that_compresses_sums_inputs_that_round_exactly_without_compression() -> None:
+    """Random multiples of 2**-12: bfloat16 and float16 round them, float32 sums them
+    exactly in any order; other dtypes keep the integers."""
+    from allreduce.measure.driver import make_inputs
+
+    case = cases.Case("t", ((3000,),), "float32")
+    devices = [cpu(i) for i in range(4)]
+    inputs, (expected,) = make_inputs(case, devices, rounding=True)
+    host = np.stack([tower[0] for tower in inputs.host]).astype(np.float64)
+    assert np.all((host >= 0) & (host < 1)) and np.any(host != np.round(host))
+    np.testing.assert_array_equal(host[0], cases.rounding_pattern(3000, 0))
+    for order in ([0, 1, 2, 3], [3, 1, 0, 2]):
+        total = np.zeros(3000, np.float32)
+        for d in order:
+            total += host[d].astype(np.float32)
+        np.testing.assert_array_equal(total, expected)
+    np.testing.assert_array_equal(expected, np.sum(host, axis=0))  # float64 oracle
+    assert np.any(host.astype(np.float16).astype(np.float64) != host)
+    bf16 = np.asarray(host.astype(np.float32)).view(np.uint32) & 0xFFFF
+    assert np.any(bf16 != 0)  # bits below bfloat16's mantissa
+    same, _ = make_inputs(case, devices, rounding=True)
+    np.testing.assert_array_equal(same.host[2][0], inputs.host[2][0])  # a fixed seed
+    integers, _ = make_inputs(cases.Case("t", ((30,),), "float16"), devices, rounding=True)
+    np.testing.assert_array_equal(integers.host[1][0], cases.input_pattern(30, 1).astype(np.float16))

@@ -3,6 +3,7 @@ text lives in two places (see CONTRIBUTING.md, "The documentation's tests")."""
 
 from __future__ import annotations
 
+import ast
 import itertools
 import re
 import textwrap
@@ -157,3 +158,56 @@ def test_the_shared_text_check_can_fail(tmp_path: Path) -> None:
     second.write_text(f"# B\n\nintro\n\n{paragraph.replace(' ', chr(10), 3)}\n")
     assert _units(first) & _units(second)
     assert all(b.lang != "python" for b in blocks(first))
+
+
+def _headings(path: Path) -> list[tuple[int, str]]:
+    text = re.sub(r"^\s*```.*?^\s*```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return [(len(m.group(1)), m.group(2)) for m in re.finditer(r"^(#+) (.*)$", text, flags=re.M)]
+
+
+@pytest.mark.parametrize("path", EVERY_DOCUMENT, ids=lambda p: p.name)
+def test_every_document_opens_with_its_one_title_and_skips_no_heading_level(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("# "), f"{path.name} does not open with a title ('# ...')"
+    levels = [level for level, _ in _headings(path)]
+    assert levels.count(1) == 1, f"{path.name} has {levels.count(1)} titles"
+    skips = [h for (a, _), h in zip([(0, ""), *_headings(path)], _headings(path)) if h[0] > a + 1]
+    assert not skips, f"{path.name}: headings deeper than the one before plus one: {skips}"
+
+
+def _unused_names(code: str) -> list[str]:
+    """Names a snippet assigns and never reads, except those of its last line of code
+    (the result it shows)."""
+    tree = ast.parse(code)
+    last = max(n.lineno for n in ast.walk(tree) if isinstance(n, ast.stmt) and not hasattr(n, "body"))
+    stored: dict[str, int] = {}
+    loaded = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Store):
+                stored.setdefault(node.id, node.lineno)
+            else:
+                loaded.add(node.id)
+    return sorted(n for n, line in stored.items() if n not in loaded and line != last and n != "_")
+
+
+@pytest.mark.parametrize("block", [p.values[0] for p in _runnable()], ids=lambda b: b.name)
+def test_doc_python_blocks_use_every_name_they_make(block: Block) -> None:
+    assert not _unused_names(block.code), f"{block.name} makes names it never uses"
+
+
+def test_the_unused_name_check_can_fail() -> None:
+    code = "import math\nops = math.pi\nstrategy = object()\nprint(ops)\nresult = ops * 2\n"
+    assert _unused_names(code) == ["strategy"]
+
+
+def test_the_benchmark_sample_table_has_the_columns_the_command_prints() -> None:
+    from allreduce.bench.report import format_header
+
+    header = format_header().splitlines()[-1]
+    sample = next(b for b in blocks(ROOT / "docs" / "benchmark.md") if "# allreduce-bench:" in b.code)
+    lines = sample.code.splitlines()
+    assert header in lines, f"the sample's column line is not the command's:\n{header}"
+    columns = len(header.lstrip("# ").split())
+    rows = [line.split() for line in lines if line.strip() and not line.startswith("#")]
+    assert rows and all(len(row) == columns for row in rows), [r for r in rows if len(r) != columns]

@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import allreduce
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,3 +84,41 @@ def test_library_never_prints(capsys) -> None:
     towers = [[(make_tensor(np.ones(2), tf.float32, cpu(d)), "v")] * 3 for d in range(2)]
     allreduce.sum_gradients_all_reduce([], towers, 1, "xring", 1, [0, 1], agg_small_grads_max_bytes=100)
     assert capsys.readouterr().out == ""
+
+
+def test_the_license_is_an_spdx_string_with_its_text_in_the_repository() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert project["project"]["license-files"] == ["LICENSE"]
+    # setuptools reads both fields from 77 on.
+    assert "setuptools>=77" in project["build-system"]["requires"]
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_wheel_ships_the_license_and_builds_without_a_deprecation_warning(tmp_path: Path) -> None:
+    import zipfile
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "deprecated" not in output.lower(), [line for line in output.splitlines() if "eprecat" in line]
+    (wheel,) = tmp_path.glob("allreduce-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        licenses = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        assert licenses, names
+        assert archive.read(licenses[0]) == (ROOT / "LICENSE").read_bytes()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "License-File: LICENSE" in metadata

@@ -71,4 +71,21 @@ def test_explain_then_predicted_against_measured_and_auto_as_a_spec(capsys):
     assert "'auto': the cost model's choice" in out
     assert "# predicted against measured" in out and "median error" in out
     measured = [line.split() for line in out.splitlines() if line.startswith("  ")]
-    assert {row[3] for row in measured if row[2] == "float32"} == {"auto", "xring"}
+    names = {row[3] for row in measured if row[2] == "float32"}
+    assert "xring" in names and len(names) == 2 and any(n.startswith("auto=") for n in names)
+
+
+def test_auto_rows_say_which_spec_auto_became(tmp_path, capsys):
+    from allreduce.measure.cases import sweep_cases
+    from tests.strategies import cpu
+
+    report = tmp_path / "r.json"
+    assert main(["--specs", "auto", "--devices", "2", *TINY_RUN, "--json", str(report)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    devices = [cpu(0), cpu(1)]
+    for case in sweep_cases(1024, 4096, 16, "float32"):
+        became = auto.resolve(devices, [case.count], "float32")
+        assert [row[3] for row in rows if row[0] == str(case.nbytes)] == [f"auto={became}"]
+    results = json.loads(report.read_text())["results"]
+    assert {(r["name"], r["spec"]) for r in results} == {("auto", "auto")}
+    assert all(r["resolved"] == auto.resolve(devices, [r["count"]], "float32") for r in results)

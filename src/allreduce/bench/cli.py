@@ -52,8 +52,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _integer(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
+        # A minus sign is a value out of range, not a malformed number.
+        digits = text.strip()
+        sign = -1 if digits.startswith("-") else 1
         try:
-            value = parse_general_int(text)
+            value = sign * parse_general_int(digits.removeprefix("-"))
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
         if value < minimum:
@@ -74,10 +77,10 @@ def _seconds(text: str) -> float:
 
 
 def _names(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
-    return names
+    items = [n.strip() for n in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r} (an empty name)")
+    return tuple(dict.fromkeys(items))
 
 
 def _specs(text: str) -> tuple[str, ...]:

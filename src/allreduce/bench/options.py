@@ -196,7 +196,7 @@ def _check(options: Options, given: Mapping[str, Any]) -> None:
         _check_connect(options, given)
     if options.workers is not None and options.device_type != "cpu":
         raise UsageError("--workers starts CPU workers: use it with --device-type cpu")
-    limit = max_exact_devices(options.dtype)
+    limit = max_exact_devices(options.dtype, rounding=options.compression != ("none",))
     if options.connect is None and options.total_devices > limit:
         raise UsageError(
             f"{options.total_devices} devices: sums in {options.dtype} are exact for at most {limit} devices"

@@ -86,6 +86,8 @@ def _row(r: Result, group: Sequence[Result]) -> str:
     case = r.case
     # A spec's row names the spec; its compression has a column of its own.
     name = r.spec if r.kind == OURS and r.spec else r.name
+    if r.resolved is not None:
+        name = f"{name}={r.resolved}"
     head = f"  {case.nbytes:>12} {case.count:>11} {case.dtype:>8}  {name:<24} {r.compression:<11}"
     if r.skipped is not None:
         mark = "NOT RUN:" if r.failed else "skipped:"
@@ -120,7 +122,7 @@ def _fastest_lines(results: Sequence[Result]) -> list[str]:
         ours, peer, floor = (_fastest(group, k) for k in (OURS, PEER, FLOOR))
         parts = [f"{group[0].case.name:>12}"]
         if ours is not None:
-            parts.append(f"ours: {ours.name} {ours.time_s * 1e6:.1f} us")
+            parts.append(f"ours: {ours.label} {ours.time_s * 1e6:.1f} us")
         if peer is not None:
             parts.append(f"best peer: {peer.name} {peer.time_s * 1e6:.1f} us")
             if ours is not None:
@@ -215,6 +217,7 @@ def _json_row(r: Result, group: Sequence[Result]) -> dict[str, Any]:
         "name": r.name,
         "kind": r.kind,
         "spec": r.spec,
+        "resolved": r.resolved or r.spec,
         "same_as": r.same_as,
         "required": r.required,
         "ok": r.ok,

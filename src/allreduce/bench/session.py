@@ -1,6 +1,13 @@
 """One run of ``allreduce-bench`` once its options are checked: devices, contenders,
 measuring case by case with each case's rows printed as soon as it is done, and the
 summary, JSON and plot at the end (also after Ctrl-C, with the cases measured so far).
+
+Ctrl-C is never lost: Python raises ``KeyboardInterrupt`` wherever the main thread is
+when ``SIGINT`` arrives, and inside a finalizer (TensorFlow's ``AtomicFunction.__del__``,
+run by the garbage collector) the exception is printed as "Exception ignored" and
+dropped. So while cases are measured, ``SIGINT`` only sets a flag that is checked after
+every step (a second one raises at once); elsewhere it raises as usual and also sets
+the flag, so that one swallowed by a finalizer still stops the run at the next check.
 """
 
 from __future__ import annotations
@@ -8,9 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from allreduce.bench.options import (
@@ -39,8 +48,65 @@ logger = logging.getLogger(__name__)
 _GPU_MEMORY_ENV = "ALLREDUCE_BENCH_GPU_MEMORY_MB"
 
 
+class Interrupts:
+    """Ctrl-C while a run is on: ``SIGINT`` sets :attr:`received`; it raises
+    ``KeyboardInterrupt`` at once except while :meth:`deferred`, where :meth:`check`
+    raises it. A ``KeyboardInterrupt`` that a finalizer swallowed is not printed.
+
+    Installed only over Python's own handler (a process started with ``SIGINT``
+    ignored, or one whose embedder set a handler, keeps it), in the main thread.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self._deferring = False
+        self._saved: Any = None
+        self._hook: Callable[[Any], None] | None = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        first = not self.received
+        self.received = True
+        if not (self._deferring and first):
+            raise KeyboardInterrupt
+
+    def _unraisable(self, unraisable: Any) -> None:
+        if self._hook is not None and not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self._hook(unraisable)
+
+    def check(self) -> None:
+        """Raises ``KeyboardInterrupt`` if ``SIGINT`` arrived (and was not raised, or was swallowed)."""
+        if self.received:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Within: the first ``SIGINT`` waits for :meth:`check`."""
+        self._deferring = True
+        try:
+            self.check()
+            yield
+        finally:
+            self._deferring = False
+
+    def __enter__(self) -> Interrupts:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._saved = signal.signal(signal.SIGINT, self._on_sigint)
+            self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is not None:
+            signal.signal(signal.SIGINT, self._saved)
+        if self._hook is not None:
+            sys.unraisablehook = self._hook
+
+
 def model_cases(options: Options, tf: Any) -> list[Case]:
-    """The one case of ``--workload model``: the trainable weights' shapes of the model.
+    """The one case of ``--workload model``: the trainable weights' shapes of the model
+    (building it starts TensorFlow's runtime: make the devices first).
 
     Raises:
         UsageError: the model is not in ``tf.keras.applications``.
@@ -98,7 +164,7 @@ def _enter_devices(options: Options, stack: ExitStack) -> tuple[list[str], int, 
     devices = [d for worker in cluster.devices_of(device_type) for d in worker]
     if not devices:
         raise RuntimeError(f"the cluster's workers have no {device_type} device")
-    limit = max_exact_devices(options.dtype)
+    limit = max_exact_devices(options.dtype, rounding=options.compression != ("none",))
     if len(devices) > limit:
         raise UsageError(
             f"{len(devices)} devices: sums in {options.dtype} are exact for at most {limit} devices"
@@ -172,31 +238,35 @@ def _bar(total: int, enabled: bool) -> Iterator[_Bar]:
 
 
 def _measure(
-    cases: Sequence[Case], contenders: Sequence[Contender], setup: Setup, options: Options, guard: Guard
-) -> tuple[list[Result], bool]:
-    """Runs every case, printing its rows when it is done; ``(results, interrupted)``."""
-    results: list[Result] = []
+    cases: Sequence[Case],
+    contenders: Sequence[Contender],
+    setup: Setup,
+    options: Options,
+    guard: Guard,
+    interrupts: Interrupts,
+    results: list[Result],
+) -> None:
+    """Runs every case, adding its results to ``results`` and printing its rows when it
+    is done.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C; ``results`` holds the cases done so far.
+    """
     steps = len(cases) * len(contenders) * (1 + options.warmup + options.iters)
-    case = None
-    with _bar(steps, options.progress) as bar:
-        try:
-            for case in cases:
-                bar.describe(case.name)
-                group = run_case(
-                    case,
-                    contenders,
-                    setup,
-                    warmup=options.warmup,
-                    iters=options.iters,
-                    tick=bar.tick,
-                    guard=guard,
-                )
-                results += group
-                bar.print(format_rows(group), sys.stdout)
-        except KeyboardInterrupt:
-            logger.info("interrupted during %s", case.name if case else "the first case")
-            return results, True
-    return results, False
+    with _bar(steps, options.progress) as bar, interrupts.deferred():
+
+        def tick(count: int) -> None:
+            bar.tick(count)
+            interrupts.check()
+
+        for case in cases:
+            bar.describe(case.name)
+            logger.info("measuring %s", case.name)
+            group = run_case(
+                case, contenders, setup, warmup=options.warmup, iters=options.iters, tick=tick, guard=guard
+            )
+            results += group
+            bar.print(format_rows(group), sys.stdout)
 
 
 def _title(options: Options, setup: Setup, tf_version: str) -> str:
@@ -209,18 +279,32 @@ def _title(options: Options, setup: Setup, tf_version: str) -> str:
     )
 
 
-def _write_outputs(
-    options: Options, results: Sequence[Result], devices: Sequence[str], title: str, interrupted: bool
-) -> None:
+@dataclass
+class _Outcome:
+    """What a run has to report, as far as it got."""
+
+    results: list[Result] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    title: str = ""
+    plans: dict[Any, Any] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+def _write_outputs(options: Options, outcome: _Outcome) -> None:
     if options.json:
         import numpy as np
 
         from allreduce import __version__
-        from allreduce.core._tf import tf
 
-        versions = {"allreduce": __version__, "tensorflow": tf.__version__, "numpy": np.__version__}
+        # TensorFlow may not have finished loading when Ctrl-C came.
+        tf_version = getattr(sys.modules.get("tensorflow"), "__version__", "not loaded")
+        versions = {"allreduce": __version__, "tensorflow": tf_version, "numpy": np.__version__}
         document = to_json(
-            results, options=options.as_dict(), devices=devices, versions=versions, interrupted=interrupted
+            outcome.results,
+            options=options.as_dict(),
+            devices=outcome.devices,
+            versions=versions,
+            interrupted=outcome.interrupted,
         )
         with open(options.json, "w", encoding="utf-8") as f:
             json.dump(document, f, indent=1)
@@ -228,7 +312,7 @@ def _write_outputs(
     if options.plot:
         from allreduce.bench.plot import plot_busbw
 
-        plot_busbw(results, options.plot, title=title)
+        plot_busbw(outcome.results, options.plot, title=outcome.title)
 
 
 def _explain(
@@ -246,34 +330,52 @@ def _explain(
     return plans
 
 
-def run(options: Options, cases: Sequence[Case] | None = None) -> int:
-    """Runs the benchmark ``options`` describe (``cases``: those of a sweep or many-small
-    workload, already checked); returns the exit status.
+def _tensorflow(verbose: bool) -> Any:
+    """TensorFlow, imported quietly.
 
     Raises:
-        UsageError: an unknown ``--model``, or a model too large for this machine's memory.
-        RuntimeError: the devices cannot be made.
+        UsageError: TensorFlow is not installed (the message names the extras).
     """
-    tf = import_tensorflow(options.verbose > 0)
+    try:
+        return import_tensorflow(verbose)
+    except ImportError as err:
+        raise UsageError(" ".join(str(err).split())) from None
+
+
+def _contenders(
+    options: Options, tf: Any, devices: Sequence[str], workers: int
+) -> tuple[Setup, list[Contender]]:
+    setup = Setup(
+        devices=tuple(devices),
+        device_type=options.device_type.upper(),
+        workers=workers,
+        pack_max_bytes=options.pack_max_bytes,
+        pack_max_group=options.pack_max_group,
+        witness=workers > 1 or options.device_type != "cpu" or options.connect is not None,
+    )
+    split = (
+        workers == 1
+        and options.connect is None
+        and len(tf.config.list_physical_devices(setup.device_type)) < len(devices)
+    )
+    return setup, make_contenders(options, setup, logical_split=split)
+
+
+def _run(
+    options: Options, cases: Sequence[Case] | None, interrupts: Interrupts, outcome: _Outcome
+) -> int | None:
+    """Makes the devices and measures into ``outcome``; the exit status of ``--tune``, else ``None``."""
+    tf = _tensorflow(options.verbose > 0)
     if cases is None:
-        cases = model_cases(options, tf)
-        check_memory(cases, options)
+        check_model_name(options.model, tf)
     with ExitStack() as stack:
         devices, workers, guard = _enter_devices(options, stack)
-        setup = Setup(
-            devices=tuple(devices),
-            device_type=options.device_type.upper(),
-            workers=workers,
-            pack_max_bytes=options.pack_max_bytes,
-            pack_max_group=options.pack_max_group,
-            witness=workers > 1 or options.device_type != "cpu" or options.connect is not None,
-        )
-        split = (
-            workers == 1
-            and options.connect is None
-            and len(tf.config.list_physical_devices(setup.device_type)) < len(devices)
-        )
-        contenders = make_contenders(options, setup, logical_split=split)
+        outcome.devices = list(devices)
+        if cases is None:
+            # Only now: building the model starts the runtime, which fixes the devices.
+            cases = model_cases(options, tf)
+            check_memory(cases, options)
+        setup, contenders = _contenders(options, tf, devices, workers)
         logger.info("devices: %s", ", ".join(devices))
         logger.info("cases: %s", ", ".join(c.name for c in cases))
         logger.info("contenders: %s", ", ".join(c.name for c in contenders))
@@ -284,21 +386,51 @@ def run(options: Options, cases: Sequence[Case] | None = None) -> int:
                 format_tuning(tune_cases(cases, devices, options.dtype, options.tune_budget)) + "\n"
             )
             return EXIT_OK
-        plans = _explain(options, contenders, cases, devices)
-        title = _title(options, setup, tf.__version__)
-        sys.stdout.write(format_header(title) + "\n")
+        outcome.plans = _explain(options, contenders, cases, devices)
+        outcome.title = _title(options, setup, tf.__version__)
+        sys.stdout.write(format_header(outcome.title) + "\n")
         sys.stdout.flush()
-        results, interrupted = _measure(cases, contenders, setup, options, guard)
-    sys.stdout.write(format_summary(results, interrupted=interrupted) + "\n")
-    if plans:
+        _measure(cases, contenders, setup, options, guard, interrupts, outcome.results)
+    return None
+
+
+def _report(options: Options, outcome: _Outcome) -> int:
+    """Prints the summary, writes ``--json`` and ``--plot``; the exit status."""
+    sys.stdout.write(format_summary(outcome.results, interrupted=outcome.interrupted) + "\n")
+    if outcome.plans and outcome.results:
         from allreduce.bench.tuning_report import format_predicted_vs_measured
 
-        sys.stdout.write(format_predicted_vs_measured(plans, results) + "\n")
+        sys.stdout.write(format_predicted_vs_measured(outcome.plans, outcome.results) + "\n")
     sys.stdout.flush()
-    status = EXIT_FAILED if any(r.failed for r in results) else EXIT_OK
+    status = EXIT_FAILED if any(r.failed for r in outcome.results) else EXIT_OK
     try:
-        _write_outputs(options, results, devices, title, interrupted)
+        _write_outputs(options, outcome)
     except (OSError, ValueError, ImportError, RuntimeError) as err:
         sys.stderr.write(f"allreduce-bench: error: cannot write the results: {describe_error(err)}\n")
         status = EXIT_FAILED
-    return EXIT_INTERRUPTED if interrupted else status
+    return EXIT_INTERRUPTED if outcome.interrupted else status
+
+
+def run(options: Options, cases: Sequence[Case] | None = None) -> int:
+    """Runs the benchmark ``options`` describe (``cases``: those of a sweep or many-small
+    workload, already checked); returns the exit status. After Ctrl-C, at any point, the
+    summary, ``--json`` and ``--plot`` hold the cases measured so far, and the status is
+    :data:`EXIT_INTERRUPTED`.
+
+    Raises:
+        UsageError: TensorFlow is missing, an unknown ``--model``, or a model too large
+            for this machine's memory.
+        RuntimeError: the devices cannot be made.
+    """
+    outcome = _Outcome()
+    with Interrupts() as interrupts:
+        try:
+            status = _run(options, cases, interrupts, outcome)
+            interrupts.check()  # one that a finalizer swallowed after the last check
+        except KeyboardInterrupt:
+            logger.info("interrupted after %d results", len(outcome.results))
+            outcome.interrupted = True
+        else:
+            if status is not None:
+                return status
+        return _report(options, outcome)

@@ -5,6 +5,13 @@ small integer ``(7 * i + 3 * t + d) % 13``; the sum over ``n`` devices is at mos
 ``12 * n``, which every supported dtype represents exactly for the device counts the
 benchmark allows (:func:`max_exact_devices`), so every output element can be compared
 with the exact expected value, bit for bit.
+
+A run that compresses (``--compression``) needs inputs that a narrow type must round,
+or its error is always 0: in float32 and float64 its inputs are random multiples of
+``2**-12`` in ``[0, 1)`` drawn with a fixed seed (:func:`rounding_pattern`). They carry
+12 significant bits, more than bfloat16 (8) or float16 (11) keep, and their sums over
+up to :func:`max_exact_devices` devices are still exact in any order, so an
+uncompressed result is still compared bit for bit.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ __all__ = [
     "input_pattern",
     "many_small_case",
     "max_exact_devices",
+    "rounding_applies",
+    "rounding_pattern",
+    "rounding_sum",
     "shapes_case",
     "sweep_cases",
     "sweep_sizes",
@@ -41,6 +51,9 @@ _EXACT_LIMIT = {
     "int64": 2**63 - 1,
 }
 _MODULUS = 13
+#: Significant bits of :func:`rounding_pattern`'s values, and its seed.
+ROUNDING_BITS = 12
+_ROUNDING_SEED = 20_26_12
 
 
 @dataclass(frozen=True)
@@ -146,14 +159,42 @@ def shapes_case(name: str, shapes: Sequence[Sequence[int]], dtype: str) -> Case:
     return Case(name, kept, dtype)
 
 
-def max_exact_devices(dtype: str) -> int:
-    """How many devices' inputs can be summed exactly in ``dtype``.
+def max_exact_devices(dtype: str, rounding: bool = False) -> int:
+    """How many devices' inputs can be summed exactly in ``dtype`` (``rounding``: the
+    inputs of a run that compresses, see :func:`rounding_applies`).
 
     Raises:
         ValueError: an unknown dtype.
     """
     _itemsize(dtype)
+    if rounding and rounding_applies(dtype):
+        return _EXACT_LIMIT[dtype] >> ROUNDING_BITS
     return _EXACT_LIMIT[dtype] // (_MODULUS - 1)
+
+
+def rounding_applies(dtype: str) -> bool:
+    """Whether a run that compresses fills ``dtype`` with :func:`rounding_pattern`
+    (float32 and float64: the types with bits to spare; others keep the integers)."""
+    return dtype in ("float32", "float64")
+
+
+def _rounding_units(count: int, device: int, tensor: int) -> np.ndarray:
+    rng = np.random.default_rng((_ROUNDING_SEED, device, tensor))
+    return rng.integers(0, 1 << ROUNDING_BITS, count, dtype=np.int32)
+
+
+def rounding_pattern(count: int, device: int, tensor: int = 0) -> np.ndarray:
+    """Device ``device``'s values of tensor ``tensor``, flattened, as ``float64``: random
+    multiples of ``2**-ROUNDING_BITS`` in ``[0, 1)``, the same for every call."""
+    return np.ldexp(_rounding_units(count, device, tensor).astype(np.float64), -ROUNDING_BITS)
+
+
+def rounding_sum(count: int, num_devices: int, tensor: int = 0) -> np.ndarray:
+    """The exact sum over ``num_devices`` devices of :func:`rounding_pattern`, as ``float64``."""
+    total = np.zeros(count, dtype=np.int64)
+    for device in range(num_devices):
+        total += _rounding_units(count, device, tensor)
+    return np.ldexp(total.astype(np.float64), -ROUNDING_BITS)
 
 
 def input_pattern(count: int, device: int, tensor: int = 0) -> np.ndarray:

@@ -11,6 +11,7 @@ TensorFlow's own builders) live in :mod:`allreduce.measure.peers`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +115,10 @@ class Contender:
         """Why this contender does not run on ``case`` here, or ``None``."""
         return None
 
+    def resolved(self, case: Case, setup: Setup) -> str | None:
+        """The spec that runs on ``case`` (:attr:`spec` unless it is resolved per case)."""
+        return self.spec
+
     def prepare(self, inputs: Inputs, setup: Setup) -> Step:
         """A callable that all-reduces ``inputs`` once and returns ``outputs[d][t]``."""
         raise NotImplementedError
@@ -155,7 +160,9 @@ class SpecContender(Contender):
 
         groups = group_by_worker(setup.devices) if setup.workers > 1 else None
         name = self.compression.partition("-")[0]
-        bound = error_bound(self.spec, setup.num_devices, name, dtype=case.dtype, worker_groups=groups)
+        bound = error_bound(
+            self.resolved(case, setup), setup.num_devices, name, dtype=case.dtype, worker_groups=groups
+        )
         largest = max((float(np.max(want)) for want in expected if want.size), default=0.0)
         return [bound.limit(want.astype(np.float64), largest) for want in expected]
 
@@ -170,10 +177,20 @@ class SpecContender(Contender):
                 return f"{info.name} runs on {'/'.join(sorted(info.device_types))} only"
         return None
 
+    def resolved(self, case: Case, setup: Setup) -> str:
+        """The spec this contender runs on ``case``: ``"auto"`` resolved as the library
+        resolves it for the case's tensors (never measuring), any other spec as it is."""
+        if self.spec != "auto":
+            return self.spec
+        from allreduce.selection.auto import resolve
+
+        return resolve(setup.devices, [math.prod(shape) for shape in case.shapes], case.dtype)
+
     def prepare(self, inputs: Inputs, setup: Setup) -> Step:
         from allreduce.api import all_reduce, batch_all_reduce
 
-        spec, devices, towers, wire = self.spec, list(inputs.devices), inputs.tensors, self._wire()
+        devices, towers, wire = list(inputs.devices), inputs.tensors, self._wire()
+        spec = self.resolved(inputs.case, setup)
         if not inputs.case.is_batch:
             values = [tower[0] for tower in towers]
 

@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from allreduce.measure.cases import Case, expected_sum, input_pattern
+from allreduce.measure.cases import (
+    Case,
+    expected_sum,
+    input_pattern,
+    rounding_applies,
+    rounding_pattern,
+    rounding_sum,
+)
 from allreduce.measure.contenders import Contender, Inputs, Setup
 
 __all__ = [
@@ -57,6 +64,7 @@ class Result:
     ``required`` marks a contender that was asked for (or a default spec, which the
     defaults promise runs): when it is skipped, the run has failed. A compressed result
     is wrong only beyond its ``bound`` (the largest over the elements; 0: exact).
+    ``resolved`` is the spec that ran where it differs from ``spec`` (``"auto"``).
     """
 
     case: Case
@@ -74,6 +82,14 @@ class Result:
     bound: float = 0.0
     skipped: str | None = None
     error: str | None = None
+    resolved: str | None = None
+
+    @property
+    def label(self) -> str:
+        """:attr:`name`, with the spec that ran where ``spec`` was resolved (``auto=pscpu``)."""
+        if self.resolved is None or self.spec is None:
+            return self.name
+        return self.name.replace(self.spec, f"{self.spec}={self.resolved}", 1)
 
     @property
     def failed(self) -> bool:
@@ -111,15 +127,21 @@ class Result:
         return self.algbw * 2 * (n - 1) / n
 
 
-def make_inputs(case: Case, devices: Sequence[str]) -> tuple[Inputs, list[np.ndarray]]:
-    """The inputs of ``case`` on ``devices`` and the exact expected sum of each tensor."""
+def make_inputs(
+    case: Case, devices: Sequence[str], *, rounding: bool = False
+) -> tuple[Inputs, list[np.ndarray]]:
+    """The inputs of ``case`` on ``devices`` and the exact expected sum of each tensor;
+    ``rounding``: inputs that a compression must round, where the dtype has the bits
+    (:func:`~allreduce.measure.cases.rounding_applies`)."""
     from allreduce.core._tf import tf
 
     np_dtype = tf.as_dtype(case.dtype).as_numpy_dtype
     n = len(devices)
+    rounding = rounding and rounding_applies(case.dtype)
+    pattern, total = (rounding_pattern, rounding_sum) if rounding else (input_pattern, expected_sum)
     host = [
         [
-            input_pattern(int(np.prod(shape)), d, t).astype(np_dtype).reshape(shape)
+            pattern(int(np.prod(shape)), d, t).astype(np_dtype).reshape(shape)
             for t, shape in enumerate(case.shapes)
         ]
         for d in range(n)
@@ -128,9 +150,7 @@ def make_inputs(case: Case, devices: Sequence[str]) -> tuple[Inputs, list[np.nda
     for device, tower in zip(devices, host):
         with tf.device(device):
             tensors.append([tf.identity(tf.constant(h)) for h in tower])
-    expected = [
-        expected_sum(int(np.prod(shape)), n, t).astype(np_dtype) for t, shape in enumerate(case.shapes)
-    ]
+    expected = [total(int(np.prod(shape)), n, t).astype(np_dtype) for t, shape in enumerate(case.shapes)]
     return Inputs(case=case, devices=tuple(devices), host=host, tensors=tensors), expected
 
 
@@ -313,6 +333,9 @@ def _start(
         return result, None
     logger.info("%s: %s starts", inputs.case.name, contender.name)
     try:
+        resolved = contender.resolved(inputs.case, setup)
+        if resolved != contender.spec:
+            result.resolved = resolved
         limits = contender.tolerance(inputs.case, setup, expected)
         if limits is not None:
             result.bound = max((float(np.max(limit)) for limit in limits if limit.size), default=0.0)
@@ -360,7 +383,8 @@ def run_case(
     counts ``1 + warmup + iters`` steps, whether it runs or not. Every step runs as
     ``guard(fn)`` (e.g. a cluster's watchdog); its time is taken inside ``fn``.
     """
-    inputs, expected = make_inputs(case, setup.devices)
+    rounding = any(c.compression != "none" for c in contenders)
+    inputs, expected = make_inputs(case, setup.devices, rounding=rounding)
     results, running = [], []
     for contender in contenders:
         result, run = _start(contender, inputs, expected, setup, guard)
