@@ -207,6 +207,8 @@ def test_start_timeout_reports_the_late_worker():
         ({"ports": [5000]}, ValueError, "ports must be 2 distinct"),
         ({"ports": [5000, 5000]}, ValueError, "ports must be 2 distinct"),
         ({"ports": [0, 5000]}, ValueError, "ports must be 2 distinct"),
+        ({"ports": ["5000", "5001"]}, TypeError, r"ports\[0\] must be an int, got str"),
+        ({"ports": [5000.0, 5001]}, TypeError, r"ports\[0\] must be an int, got float"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_starts(kwargs, error, match):

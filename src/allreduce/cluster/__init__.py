@@ -37,7 +37,7 @@ from allreduce.cluster.errors import WorkerError, WorkerStartError
 from allreduce.cluster.supervisor import Supervisor
 from allreduce.cluster.watchdog import NetworkProbe, ProcessProbe, Watchdog
 from allreduce.cluster.worker import JOB_NAME
-from allreduce.core.validation import check_bool, check_int, check_seconds
+from allreduce.core.validation import check_bool, check_int, check_ports, check_seconds
 
 __all__ = [
     "DEFAULT_OP_TIMEOUT_S",
@@ -153,15 +153,6 @@ def _check_not_connected() -> None:
         raise RuntimeError(f"this process is already connected to {_connection.owner()!r}; close it first")
 
 
-def _check_ports(ports: Sequence[int] | None, workers: int) -> list[int] | None:
-    if ports is None:
-        return None
-    chosen = [int(p) for p in ports]
-    if len(chosen) != workers or len(set(chosen)) != workers or not all(0 < p < 65536 for p in chosen):
-        raise ValueError(f"ports must be {workers} distinct port numbers, got {chosen!r}")
-    return chosen
-
-
 @contextlib.contextmanager
 def local_cluster(
     workers: int,
@@ -206,7 +197,7 @@ def local_cluster(
     op_timeout_s = check_seconds("op_timeout_s", op_timeout_s, allow_zero=False)
     unresponsive_s = check_seconds("unresponsive_s", unresponsive_s, allow_zero=False)
     start_timeout_s = check_seconds("start_timeout_s", start_timeout_s, allow_zero=False)
-    chosen = _check_ports(ports, workers)
+    chosen = check_ports(ports, workers)
     if check_bool("connect", connect):
         _check_not_connected()
         address = _connection.client_address([], None)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from allreduce.cluster.errors import WorkerError, WorkerStartError
 from allreduce.cluster.threads import daemon_thread
 from allreduce.cluster.worker import JOB_NAME
+from allreduce.core.validation import check_int
 
 __all__ = ["LOOPBACK", "Supervisor", "WorkerProcess", "free_ports"]
 
@@ -230,10 +231,10 @@ class Supervisor:
         """Sends ``sig`` to worker ``task``; with ``SIGKILL`` or ``SIGTERM`` waits until it is gone.
 
         Raises:
+            TypeError: ``task`` is not an int.
             ValueError: no such task.
         """
-        if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < len(self.workers):
-            raise ValueError(f"task must be 0..{len(self.workers) - 1}, got {task!r}")
+        check_int("task", task, minimum=0, maximum=len(self.workers) - 1)
         worker = self.workers[task]
         worker.signal(sig)
         if sig in (signal.SIGKILL, signal.SIGTERM):

@@ -24,6 +24,7 @@ __all__ = [
     "check_dtype",
     "check_reduction",
     "check_int",
+    "check_ports",
     "check_seconds",
     "check_sequence",
     "check_tensor_list",
@@ -36,18 +37,38 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__}: {value!r}"
 
 
-def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
-    """``value`` if it is an ``int`` (not a ``bool``) of at least ``minimum``.
+def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` if it is an ``int`` (not a ``bool``) from ``minimum`` to ``maximum``.
 
     Raises:
         TypeError: ``value`` is not an int.
-        ValueError: ``value`` is below ``minimum``.
+        ValueError: ``value`` is below ``minimum`` or above ``maximum``.
     """
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {_describe(value)}")
+    if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be {minimum}..{maximum}, got {value}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
     return value
+
+
+def check_ports(ports: Any, count: int) -> list[int] | None:
+    """``ports`` as a list if it holds ``count`` distinct port numbers (1..65535), or ``None``.
+
+    Raises:
+        TypeError: not a sequence of ints.
+        ValueError: another count, a repeated port, or a number out of range.
+    """
+    if ports is None:
+        return None
+    check_sequence("ports", ports, "port numbers")
+    chosen = [check_int(f"ports[{i}]", p) for i, p in enumerate(ports)]
+    if len(chosen) != count or len(set(chosen)) != count or not all(0 < p < 65536 for p in chosen):
+        raise ValueError(f"ports must be {count} distinct port numbers in 1..65535, got {chosen!r}")
+    return chosen
 
 
 def check_seconds(name: str, value: Any, *, allow_zero: bool) -> float:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from allreduce.core._tf import tf
-from allreduce.core.validation import check_choice
+from allreduce.core.validation import check_bool, check_choice
 from allreduce.graph.wire import PLAIN, Wire
 from allreduce.planning.devices import shares_memory
 from allreduce.planning.wire_formats import (
@@ -54,8 +54,7 @@ class CastWire(Wire):
 
     def __init__(self, name: str, *, everywhere: bool = False) -> None:
         check_choice("compression", name, tuple(WIRE_FORMATS))
-        if not isinstance(everywhere, bool):
-            raise TypeError(f"everywhere must be a bool, got {type(everywhere).__name__}: {everywhere!r}")
+        check_bool("everywhere", everywhere)
         self.name = name
         self.dtype = _WIRE_DTYPES[name]
         self.format: FloatFormat = WIRE_FORMATS[name]
