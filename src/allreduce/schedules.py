@@ -61,7 +61,7 @@ HOP_MIN_BYTES = 1 << 20
 #: in all (inputs and result), at least the first and below the second, is cut in two
 #: halves summed side by side (:func:`halves_hosts`). From about 1.1 MiB read and written
 #: Eigen splits one ``add_n`` over two threads, which costs more than it saves until
-#: about 1.8 MiB on 2 cores (docs/benchmark.md); the adds of the halves stay below 1.1 MiB.
+#: about 1.8 MiB on 2 cores (docs/benchmark.md); the adds of the halves stay below about 1.1 MiB.
 HALVES_MIN_BYTES = 9 << 17
 HALVES_MAX_BYTES = 7 << 18
 
