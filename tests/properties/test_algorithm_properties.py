@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import allreduce
@@ -197,3 +197,25 @@ def test_every_op_is_placed_explicitly(spec: str, n: int) -> None:
         if not op.device and op.type not in UNPLACED_OP_TYPES and op.name not in outputs
     ]
     assert unplaced == []
+
+
+@pytest.mark.parametrize("spec", ["pscpu", "pscpu#2", "simple", "better", "pscpu/pscpu"])
+@given(
+    n=st.integers(4, 8),
+    dtype=st.sampled_from(ALL_TEST_DTYPES),
+    graph=st.booleans(),
+    offset=st.integers(0, 200),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=8, deadline=None)
+def test_sums_cut_in_halves_match_numpy_sum(spec, n, dtype, graph, offset, seed) -> None:
+    # Sizes where a CPU sum adds two halves side by side (allreduce.planning.schedules.halves_hosts).
+    from allreduce.planning.schedules import HALVES_MIN_BYTES, halves_hosts
+
+    shards = 2 if spec.endswith("#2") else 1
+    length = shards * (-(-HALVES_MIN_BYTES // ((n + 1) * dtype.size)) + offset)
+    devices = tuple(cpu(i) for i in range(n))
+    assert halves_hosts(devices, devices[0], length // shards * dtype.size) is not None
+    reduction = "sum" if dtype.is_integer else "mean" if seed % 2 else "sum"
+    case = Case(spec, devices, (length,), dtype, reduction, graph=graph, seed=seed)
+    check_outcome(case, run_case(case))

@@ -131,6 +131,14 @@ def test_sums_of_a_mebibyte_or_more_on_a_cpu_hand_its_own_input_over_first(alg, 
     assert model_traffic(devices, [length], alg, 4) == graph_traffic(devices, [length], alg, tf.float32)
 
 
+@pytest.mark.parametrize("alg", ["simple", "better", "pscpu", "pscpu#2", "pscpu/pscpu"])
+@pytest.mark.parametrize(("n", "length"), [(4, 1 << 16), (4, 90000), (4, 1 << 15), (8, 1 << 15), (8, 50000)])
+def test_sums_cut_in_halves_cost_what_their_graphs_send(alg, n, length):
+    # sum_on's two half sums side by side (allreduce.planning.schedules.halves_hosts).
+    devices = names("CPU", 1, n)
+    assert model_traffic(devices, [length], alg, 4) == graph_traffic(devices, [length], alg, tf.float32)
+
+
 def _predict(schedule: Schedule, alpha: float, beta: float, gamma: float, link: str, kind: str) -> float:
     f = features(schedule)
     return (

@@ -87,3 +87,57 @@ def test_cpus_of_one_worker_concatenate_once():
         return concat_each([pieces] * 4, CPUS, _context())
 
     assert sum(op.type == "ConcatV2" for op in _graph_ops(build)) == 1
+
+
+def _window_length(n: int, itemsize: int) -> int:
+    """Elements per value of the smallest sum of ``n`` values that is cut in halves."""
+    from allreduce.planning.schedules import HALVES_MIN_BYTES
+
+    return -(-HALVES_MIN_BYTES // ((n + 1) * itemsize))
+
+
+def test_a_cpu_sum_of_a_few_hundred_kib_adds_two_halves_side_by_side():
+    import tensorflow as tf
+
+    from allreduce.graph.algorithms.base import sum_on
+    from allreduce.graph.compression import CastWire
+    from allreduce.planning.schedules import HALVES_MAX_BYTES
+
+    inside, above = _window_length(4, 4), -(-HALVES_MAX_BYTES // 20)
+    ctx = _context()
+
+    def build():
+        outs = []
+        for length, count, wire in [
+            (inside, 4, ctx.wire),
+            (inside - 1, 4, ctx.wire),
+            (above, 4, ctx.wire),
+            (inside + 7, 3, ctx.wire),
+            (inside + 3, 4, CastWire("bf16", everywhere=True)),
+        ]:
+            values = []
+            for device in CPUS[:count]:
+                with tf.device(device):
+                    values.append(tf.ones([length]))
+            outs.append(sum_on(values, CPUS[:count], CPUS[0], _context_with(wire)))
+        return outs
+
+    add_ns = [op for op in _graph_ops(build) if op.type == "AddN"]
+    by_length: dict[int, list] = {}
+    for op in add_ns:
+        by_length.setdefault(op.inputs[0].shape[0], []).append(op)
+    halves = by_length[inside]
+    assert [(len(op.inputs), op.device) for op in halves] == [(2, CPUS[1]), (2, CPUS[2]), (2, CPUS[0])]
+    assert [t.op for t in halves[2].inputs] == halves[:2]
+    assert {t.op.device for t in halves[0].inputs} == {CPUS[0], CPUS[1]}
+    assert {t.op.device for t in halves[1].inputs} == {CPUS[2], CPUS[3]}
+    # Below and above the window, with three values, or with a wire that rounds every hop
+    # between CPUs: one add_n on the target.
+    for length in (inside - 1, above, inside + 7, inside + 3):
+        assert [op.device for op in by_length[length]] == [CPUS[0]], length
+
+
+def _context_with(wire):
+    from dataclasses import replace
+
+    return replace(_context(), wire=wire)

@@ -166,3 +166,23 @@ def test_aligned_split_sizes_keep_64_byte_pieces_where_the_length_allows() -> No
     assert aligned_split_sizes(0, 2, 4) == [0, 0]
     with pytest.raises(ValueError, match="parts must be at least 1, got 0"):
         aligned_split_sizes(32, 0, 4)
+
+
+def test_sums_of_four_or_more_cpus_in_the_window_are_cut_in_halves_on_other_cpus() -> None:
+    from allreduce.planning.schedules import HALVES_MAX_BYTES, HALVES_MIN_BYTES, halves_hosts
+
+    cpus = [f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(8)]
+    low, high = -(-HALVES_MIN_BYTES // 5), (HALVES_MAX_BYTES - 1) // 5
+    assert halves_hosts(cpus[:4], cpus[0], low) == (cpus[1], cpus[2])
+    assert halves_hosts(cpus[:4], cpus[0], high) == (cpus[1], cpus[2])
+    assert halves_hosts(cpus[:4], cpus[3], low) == (cpus[0], cpus[2])
+    assert halves_hosts(cpus[:4], cpus[0], low - 1) is None
+    assert halves_hosts(cpus[:4], cpus[0], high + 1) is None
+    assert halves_hosts(cpus[:3], cpus[0], -(-HALVES_MIN_BYTES // 4)) is None
+    assert halves_hosts(cpus, cpus[5], -(-HALVES_MIN_BYTES // 9)) == (cpus[0], cpus[4])
+    # Not all CPUs of one worker, or no CPU for a half but the target: one add_n.
+    gpus = [f"/job:localhost/replica:0/task:0/device:GPU:{i}" for i in range(4)]
+    assert halves_hosts(gpus, gpus[0], low) is None
+    other = "/job:worker/replica:0/task:1/device:CPU:0"
+    assert halves_hosts([*cpus[:3], other], cpus[0], low) is None
+    assert halves_hosts([cpus[0], cpus[0], cpus[2], cpus[3]], cpus[0], low) is None

@@ -12,7 +12,7 @@ from collections.abc import Hashable, Sequence
 
 from allreduce.planning.devices import other_cpu_of_worker, parse_device_name, shares_memory
 from allreduce.planning.registry import CPU
-from allreduce.planning.schedules import ALIGN_BYTES, HOP_MIN_BYTES, aligned_split_sizes
+from allreduce.planning.schedules import ALIGN_BYTES, HOP_MIN_BYTES, aligned_split_sizes, halves_hosts
 from allreduce.planning.traffic import Round, Schedule
 
 __layer__ = "model"
@@ -40,7 +40,19 @@ def split(r: Round, device: str, sizes: Sequence[int], itemsize: int) -> None:
 def sum_on(r: Round, after: Round, sources: Sequence[str], target: str, nbytes: int) -> None:
     """``sum_on``: every value sent to ``target`` and summed there in one ``add_n``; a
     large CPU sum first hands its own inputs to another CPU of the worker (``r``), and
-    takes them back in ``after``."""
+    takes them back in ``after``; a sum that :func:`allreduce.planning.schedules.halves_hosts`
+    cuts in two adds each half on its host CPU (``r``) and the two partial sums on
+    ``target`` (``after``)."""
+    hosts = halves_hosts(sources, target, nbytes)
+    if hosts is not None:
+        half = len(sources) // 2
+        for host, members in zip(hosts, (sources[:half], sources[half:])):
+            for src in members:
+                r.hop(src, host, nbytes)
+            r.add(host, len(members), nbytes)
+            after.hop(host, target, nbytes)
+        after.add(target, 2, nbytes)
+        return
     hop = None
     if len(sources) > 2 and nbytes >= HOP_MIN_BYTES:
         hop = other_cpu_of_worker(target, sources)

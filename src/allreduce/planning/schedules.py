@@ -7,16 +7,22 @@ schedules be checked by simulation, without building a graph.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
+
+from allreduce.planning.devices import parse_device_name, shares_memory
 
 __layer__ = "pure"
 
 __all__ = [
     "ALIGN_BYTES",
+    "HALVES_MAX_BYTES",
+    "HALVES_MIN_BYTES",
     "HOP_MIN_BYTES",
     "HalvingDoublingPlan",
     "Transfer",
     "aligned_split_sizes",
+    "halves_hosts",
     "halving_doubling_plan",
     "ring_all_gather_steps",
     "ring_orders",
@@ -50,6 +56,40 @@ ALIGN_BYTES = 64
 #: Sums of tensors this large hand inputs on the summing CPU to another CPU
 #: (:func:`allreduce.graph.algorithms.base.sum_on`).
 HOP_MIN_BYTES = 1 << 20
+
+#: A CPU sum of four values or more whose ``add_n`` would read and write this many bytes
+#: in all (inputs and result), at least the first and below the second, is cut in two
+#: halves summed side by side (:func:`halves_hosts`). From about 1.1 MiB read and written
+#: Eigen splits one ``add_n`` over two threads, which costs more than it saves until
+#: about 1.8 MiB on 2 cores (docs/benchmark.md); the adds of the halves stay below about 1.1 MiB.
+HALVES_MIN_BYTES = 9 << 17
+HALVES_MAX_BYTES = 7 << 18
+
+
+def halves_hosts(sources: Sequence[str], target: str, nbytes: int) -> tuple[str, str] | None:
+    """The two CPUs that sum the halves ``sources[:n // 2]`` and ``sources[n // 2:]`` of a
+    sum of values of ``nbytes`` each on ``target``, or ``None`` for one ``add_n``.
+
+    A half is summed on the first CPU among its sources other than ``target`` (where
+    TensorFlow's optimizer would fold it into the final add), and ``target`` adds the two
+    partial sums. Only for at least four sources, every one a CPU of ``target``'s worker
+    (copies between them move no bytes), with a total of ``(n + 1) * nbytes`` in
+    [:data:`HALVES_MIN_BYTES`, :data:`HALVES_MAX_BYTES`).
+    """
+    n = len(sources)
+    if n < 4 or not HALVES_MIN_BYTES <= (n + 1) * nbytes < HALVES_MAX_BYTES:
+        return None
+    if not shares_memory([*sources, target]):
+        return None
+    avoid = {parse_device_name(target)}
+    hosts = []
+    for half in (sources[: n // 2], sources[n // 2 :]):
+        host = next((d for d in half if parse_device_name(d) not in avoid), None)
+        if host is None:
+            return None
+        avoid.add(parse_device_name(host))
+        hosts.append(host)
+    return hosts[0], hosts[1]
 
 
 def aligned_split_sizes(length: int, parts: int, itemsize: int) -> list[int]:

@@ -12,7 +12,7 @@ from allreduce.core._tf import tf
 from allreduce.graph.wire import PLAIN, Packet, Wire
 from allreduce.planning.devices import other_cpu_of_worker, parse_device_name, shares_memory
 from allreduce.planning.registry import CPU, AlgorithmInfo
-from allreduce.planning.schedules import ALIGN_BYTES, HOP_MIN_BYTES, aligned_split_sizes
+from allreduce.planning.schedules import ALIGN_BYTES, HOP_MIN_BYTES, aligned_split_sizes, halves_hosts
 
 __all__ = [
     "ALIGN_BYTES",
@@ -243,7 +243,16 @@ def sum_on(
     worker through a no-op (``EnsureShape``, which Grappler keeps); CPUs of one process
     share memory, so that moves no bytes. The sum and its bits are unchanged. Below
     :data:`HOP_MIN_BYTES` a rewrite costs little and the extra op would cost more.
+
+    Where :func:`allreduce.planning.schedules.halves_hosts` says so (CPUs of one worker, a sum of
+    a few hundred KiB per value) and the wire transforms no hop, two halves of the values
+    are summed side by side on two other CPUs and ``device`` adds the two partial sums:
+    one ``add_n`` of that size would be split by Eigen over two threads, which costs
+    more than the work it shares.
     """
+    halves = _sum_in_halves(values, value_devices, device, ctx)
+    if halves is not None:
+        return halves
     values = [ctx.wire.receive(v, src, device) for v, src in zip(values, value_devices)]
     target = parse_device_name(device)
     size = values[0].shape.num_elements() or 0
@@ -257,3 +266,24 @@ def sum_on(
                     values[i] = tf.ensure_shape(value, value.shape)
     with tf.device(device):
         return tf.add_n(values)
+
+
+def _sum_in_halves(
+    values: Sequence[tf.Tensor], value_devices: Sequence[str], device: str, ctx: BuildContext
+) -> tf.Tensor | None:
+    """The sum of ``values`` as two half sums added on ``device``, or ``None`` where
+    :func:`allreduce.planning.schedules.halves_hosts` finds no hosts or the wire transforms a hop."""
+    size = values[0].shape.num_elements()
+    if size is None:
+        return None
+    hosts = halves_hosts(value_devices, device, size * values[0].dtype.size)
+    places = [*value_devices, device]
+    if hosts is None or any(ctx.wire.crosses(a, b) for a in places for b in places if a != b):
+        return None
+    half = len(values) // 2
+    partial = []
+    for host, members in zip(hosts, (values[:half], values[half:])):
+        with tf.device(host):
+            partial.append(tf.add_n(list(members)))
+    with tf.device(device):
+        return tf.add_n(partial)
