@@ -33,6 +33,7 @@ from allreduce.validation import (
     check_reduction,
     check_seconds,
     check_spec,
+    check_tensor_devices,
     check_tensor_list,
     check_towers,
     check_worker_groups,
@@ -61,6 +62,8 @@ def _tower_devices(towers: Sequence[Sequence[tf.Tensor]], devices: Sequence[str]
     """One device per tower: ``devices``, else the device its tensors share."""
     if devices is not None:
         names = check_device_names(devices, len(towers), "tower" if len(towers[0]) != 1 else "tensor")
+        check_devices_exist(names)
+        check_tensor_devices(towers, names)
     else:
         names = []
         for d, tower in enumerate(towers):
@@ -169,6 +172,7 @@ def all_reduce(
         reduction: ``"sum"`` or ``"mean"`` (floating dtypes only).
         devices: the device of each tensor, for tensors that do not carry one
             (arguments of a ``tf.function``); defaults to each tensor's ``.device``.
+            In eager mode it must agree with where each tensor is.
         worker_groups: input indices grouped by worker for hierarchical specs; by
             default devices are grouped by their ``/job/replica/task``.
         timeout_s: for ``collective``, the most seconds to wait for peers (0: none).
@@ -183,9 +187,10 @@ def all_reduce(
         TypeError: ``tensors`` is not a list of dense tensors, or an argument has the
             wrong type.
         ValueError: no tensors; shapes or dtypes differ; an unsupported dtype or
-            reduction; a malformed spec; a device that does not exist; an algorithm
-            that cannot run on these devices or honour the shard count. Raised while
-            the graph is built.
+            reduction; a malformed spec; a device that does not exist; a ``devices``
+            entry that contradicts where an eager tensor is (the first one named); an
+            algorithm that cannot run on these devices or honour the shard count.
+            Raised while the graph is built.
     """
     dense = check_tensor_list(tensors)
     options = _options(reduction, worker_groups, timeout_s, compression)
@@ -218,7 +223,8 @@ def batch_all_reduce(
     Args:
         tower_tensors: one list of tensors per device (a tower), all towers alike in
             length, shapes and dtypes; every tensor of a tower on the tower's device.
-        devices: the device of each tower, for towers whose tensors carry none.
+        devices: the device of each tower, for towers whose tensors carry none (in
+            eager mode it must agree with where they are).
         Other arguments as in :func:`all_reduce`.
 
     Returns:

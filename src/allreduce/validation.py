@@ -9,6 +9,7 @@ tensor checks import TensorFlow when first called.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -38,17 +39,18 @@ def _describe(value: Any) -> str:
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
-    """``value`` if it is an ``int`` (not a ``bool``) of at least ``minimum``.
+    """``value`` as an ``int`` if it is an integral number (``int``, ``numpy.int64``, ...;
+    not a ``bool``) of at least ``minimum``.
 
     Raises:
-        TypeError: ``value`` is not an int.
+        TypeError: ``value`` is not an integral number.
         ValueError: ``value`` is below ``minimum``.
     """
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {_describe(value)}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
+    return int(value)
 
 
 def check_seconds(name: str, value: Any, *, allow_zero: bool) -> float:
@@ -362,3 +364,30 @@ def check_devices_exist(devices: Sequence[str]) -> None:
         f"device {missing[0]!r} does not exist: TensorFlow's logical devices are {listed} "
         "(split a CPU with allreduce.logical_devices, or connect to a cluster first)"
     )
+
+
+def check_tensor_devices(towers: Sequence[Sequence[Any]], devices: Sequence[str]) -> None:
+    """Checks, in eager mode, that every tensor of tower ``d`` sits on ``devices[d]``.
+
+    Raises:
+        ValueError: the first tensor on another device than its tower's, naming both.
+    """
+    from allreduce._tf import tf
+    from allreduce.devices import parse_device_name
+
+    if not tf.executing_eagerly():
+        return
+    local = None
+    for d, (tower, name) in enumerate(zip(towers, devices)):
+        wanted = parse_device_name(name)
+        for i, tensor in enumerate(tower):
+            where = getattr(tensor, "device", "")
+            if not where:
+                continue
+            if local is None:
+                local = _runtime_devices(False)[1]
+            if not _matches(wanted, parse_device_name(where), local):
+                raise ValueError(
+                    f"devices[{d}] is {name!r}, but tensor {i} of tower {d} is on {where!r}: "
+                    "devices must name where each input is (results stay on their input's device)"
+                )
