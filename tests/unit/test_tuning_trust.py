@@ -177,3 +177,33 @@ def test_measuring_a_tuning_gives_no_retracing_warning(tmp_path):
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert not [m for m in seen if "retracing" in m], seen
+
+
+def test_bench_retune_measures_again_and_needs_tune(monkeypatch, capsys):
+    from allreduce.bench.cli import main
+    from allreduce.tuning import measure
+
+    machines = []
+
+    def fake_measurer(devices, dtype):
+        machines.append(FakeMachine(MACHINE, len(machines)))
+        return machines[-1]
+
+    monkeypatch.setattr(measure, "Measurer", fake_measurer)
+    argv = ["--tune", "--workload", "many-small", "--small-tensors", "4", "--devices", "2", "--no-progress"]
+    assert main(argv) == 0 and main(argv) == 0
+    assert len(machines) == 1 and "from the cache" in capsys.readouterr().out
+    assert main([*argv, "--retune"]) == 0
+    assert len(machines) == 2 and "from the cache" not in capsys.readouterr().out
+    assert main(["--retune", "--quick"]) == 2
+    assert "--retune" in capsys.readouterr().err
+
+
+def test_explain_says_its_times_are_uncalibrated_guesses_until_a_tuning_fits_them(tmp_path):
+    sizes = [10, 1000, 100_000]
+    plan = allreduce.explain("pscpu", CPUS, sizes, cache_dir=tmp_path)
+    assert not plan.calibrated
+    assert "uncalibrated guesses" in plan.model and "an uncalibrated guess" in str(plan).splitlines()[-1]
+    tune_entry(CPUS, sizes, cache_dir=tmp_path, measure=FakeMachine(MACHINE), specs=SPECS)
+    plan = allreduce.explain("pscpu", CPUS, sizes, cache_dir=tmp_path)
+    assert plan.calibrated and "uncalibrated" not in str(plan)
