@@ -185,12 +185,13 @@ def next_probe(search: Search, overhead: float) -> tuple[int, list[str]] | None:
 
 def _refinement(search: Search, overhead: float) -> list[tuple[int, list[str]]]:
     """Probes that measure again, side by side, the single specs whose workload estimates
-    lie within :data:`REFINE_MARGIN` of the best, on the bands that make up most of the
-    step: noise there is what could still change the base."""
+    lie within :data:`REFINE_MARGIN` of the best, with the base, on the bands that make up
+    most of the step: noise there is what could still change the base."""
     decision = search.decide(overhead)
     best = min(decision.totals.values())
     close = sorted((t, s) for s, t in decision.totals.items() if t <= best * (1 + TIE + REFINE_MARGIN))
-    contenders = [s for _, s in close][: PER_PROBE + 1]
+    others = [s for _, s in close if s != decision.base]
+    contenders = [decision.base, *others][: PER_PROBE + 1]
     if len(contenders) < 2:
         return []
     parts = {b: estimate(decision.base, b, search.measured, search.predicted) or 0.0 for b in search.bands}
