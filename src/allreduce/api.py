@@ -31,7 +31,7 @@ from allreduce.core.validation import (
 from allreduce.graph import eager as _eager
 from allreduce.graph.compression import wire_for
 from allreduce.graph.emit import Options, emit_batch
-from allreduce.graph.local_devices import check_devices_exist
+from allreduce.graph.local_devices import check_devices_exist, check_tensor_devices
 from allreduce.graph.wire import Wire
 from allreduce.planning.devices import check_device_names, parse_device_name
 from allreduce.planning.plan import DEFAULT_PACK_MAX_GROUP, Bucket, plan_batch
@@ -60,6 +60,8 @@ def _tower_devices(towers: Sequence[Sequence[tf.Tensor]], devices: Sequence[str]
     """One device per tower: ``devices``, else the device its tensors share."""
     if devices is not None:
         names = check_device_names(devices, len(towers), "tower" if len(towers[0]) != 1 else "tensor")
+        check_devices_exist(names)
+        check_tensor_devices(towers, names)
     else:
         names = []
         for d, tower in enumerate(towers):
@@ -165,6 +167,7 @@ def all_reduce(
         reduction: ``"sum"`` or ``"mean"`` (floating dtypes only).
         devices: the device of each tensor, for tensors that do not carry one
             (arguments of a ``tf.function``); defaults to each tensor's ``.device``.
+            In eager mode it must agree with where each tensor is.
         worker_groups: input indices grouped by worker for hierarchical specs; by
             default devices are grouped by their ``/job/replica/task``.
         timeout_s: for ``collective``, the most seconds to wait for peers (0: none).
@@ -179,9 +182,10 @@ def all_reduce(
         TypeError: ``tensors`` is not a list of dense tensors, or an argument has the
             wrong type.
         ValueError: no tensors; shapes or dtypes differ; an unsupported dtype or
-            reduction; a malformed spec; a device that does not exist; an algorithm
-            that cannot run on these devices or honour the shard count. Raised while
-            the graph is built.
+            reduction; a malformed spec; a device that does not exist; a ``devices``
+            entry that contradicts where an eager tensor is (the first one named); an
+            algorithm that cannot run on these devices or honour the shard count.
+            Raised while the graph is built.
     """
     dense = check_tensor_list(tensors)
     options = _options(reduction, worker_groups, timeout_s, compression)
@@ -214,7 +218,8 @@ def batch_all_reduce(
     Args:
         tower_tensors: one list of tensors per device (a tower), all towers alike in
             length, shapes and dtypes; every tensor of a tower on the tower's device.
-        devices: the device of each tower, for towers whose tensors carry none.
+        devices: the device of each tower, for towers whose tensors carry none (in
+            eager mode it must agree with where they are).
         Other arguments as in :func:`all_reduce`.
 
     Returns:

@@ -43,6 +43,13 @@ logger = logging.getLogger(__name__)
 _REDUCTIONS = {tf.distribute.ReduceOp.SUM: "sum", tf.distribute.ReduceOp.MEAN: "mean"}
 
 
+def _densify(value: Any) -> Any:
+    """An ``IndexedSlices`` as a dense tensor on its own device (the all-reduce checks
+    that every input is where its replica is)."""
+    with tf.device(value.device):
+        return tf.convert_to_tensor(value)
+
+
 def _devices_of(value_or_destinations: Any) -> tuple[str, ...]:
     """Canonical device names of a distributed value, variable, tensor or device string."""
     names = _tf_cross_device_ops.get_devices_from(value_or_destinations)
@@ -179,7 +186,7 @@ class SpecCrossDeviceOps(tf.distribute.CrossDeviceOps):
             if self._stays_sparse(parts):
                 results[i] = self._gather_sparse(parts, _devices_of(destinations), reduction, i)
                 continue
-            parts = [tf.convert_to_tensor(p) if isinstance(p, tf.IndexedSlices) else p for p in parts]
+            parts = [_densify(p) if isinstance(p, tf.IndexedSlices) else p for p in parts]
             reason = self._fallback_reason(parts, reduction)
             if reason is not None:
                 self._warn_once(reason)

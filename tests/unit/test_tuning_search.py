@@ -53,7 +53,7 @@ def test_a_tuning_measures_at_most_a_quarter_and_is_within_five_percent_of_the_b
     machine = FakeMachine(MACHINE)
     entry = tune_entry(CPUS, sizes, cache_dir=tmp_path, measure=machine)
     assert entry["cells"] <= MAX_SHARE * entry["exhaustive_cells"]
-    assert sum(len(specs) for _, specs in machine.asked) == entry["cells"]
+    assert len({(sizes, spec) for sizes, specs in machine.asked for spec in specs}) == entry["cells"]
     singles = {s: machine.seconds(s, sizes) for s in entry["candidates"]}
     best = min(singles.values())
     assert machine.seconds(entry["spec"], sizes) <= 1.05 * best
@@ -97,28 +97,52 @@ def test_a_spec_that_fails_is_never_chosen(tmp_path):
     assert "simple" in entry["failed"]
 
 
+def first_cells(search):
+    """The cells of the calibration probes and of every candidate's first measurement."""
+    from allreduce.tuning.search import _calibration
+
+    fresh = Search(list(search.candidates), list(search.bands))
+    fresh.predicted = search.predicted
+    cells = {(spec, band) for band, specs in _calibration(fresh) for spec in specs}
+    return cells | {
+        min((c for c in search.seen if c[0] == spec), key=lambda c: c[1])
+        for spec in search.candidates
+        if all(spec != c[0] for c in cells)
+    }
+
+
 def test_the_search_stops_at_its_deadline_and_at_its_cell_budget():
     search = Search(["xring", "simple"], [1, 5, 9])
     calls = []
 
+    now = [0.0]
+
     def measure(band, specs):
         calls.append(band)
+        now[0] += 1.0  # each probe takes a second by this clock
         return {s: [1e-3] for s in specs}
 
-    run(search, measure, lambda m: {}, max_cells=100, deadline=-1.0, overhead=lambda: 0.0)
-    assert calls == []  # past the deadline before the first probe
-    clock = iter(range(100)).__next__  # each probe takes a second by this clock
-    run(search, measure, lambda m: {}, max_cells=100, deadline=1.5, overhead=lambda: 0.0, clock=clock)
-    assert len(calls) == 1  # the second would end past the deadline
+    def flat(measured):
+        return {(s, b): 1e-3 for s in ("xring", "simple", "pscpu") for b in (1, 5, 9, 11)}
+
+    # Calibration and a first cell of every candidate are measured whatever the deadline.
+    run(search, measure, flat, max_cells=100, deadline=-1.0, overhead=lambda: 0.0)
+    mandatory = len(calls)
+    assert mandatory >= 1 and {spec for spec, _ in search.seen} == {"xring", "simple"}
+    search, now[0], before = Search(["xring", "simple"], [1, 5, 9]), 0.0, len(calls)
     run(
-        Search(["xring", "simple"], [1, 5, 9]),
+        search,
         measure,
-        lambda m: {},
-        max_cells=2,
-        deadline=1e9,
+        flat,
+        max_cells=100,
+        deadline=mandatory + 1.5,
         overhead=lambda: 0.0,
+        clock=lambda: now[0],
     )
-    assert len(calls) == 2
+    assert len(calls) - before == mandatory + 1  # then one more: the second would end past the deadline
+    search = Search(["xring", "simple", "pscpu"], [1, 5, 9, 11])
+    run(search, measure, flat, max_cells=2, deadline=1e9, overhead=lambda: 0.0)
+    assert search.cells == len(first_cells(search))  # none beyond the mandatory ones
 
 
 def test_next_probe_pairs_the_base_with_challengers_on_the_heaviest_band():

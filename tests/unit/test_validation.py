@@ -79,6 +79,8 @@ def test_a_device_that_does_not_exist_is_named_while_tracing(missing: str) -> No
 @pytest.mark.parametrize("name", [cpu(7), "/device:CPU:7", "/cpu:3", "/job:localhost/device:CPU:1"])
 def test_existing_devices_in_any_spelling_are_accepted(name: str) -> None:
     inputs = tensors(2)
+    with tf.device(name):
+        inputs[1] = tf.identity(inputs[1])
     out = allreduce.all_reduce(inputs, "xring", devices=[cpu(0), name])
     assert np.all(out[0].numpy() == np.arange(6) * 2 + 1)
 
@@ -243,3 +245,19 @@ def test_nothing_the_caller_passed_is_modified_by_a_rejected_call() -> None:
     with pytest.raises(ValueError):
         allreduce.batch_all_reduce(towers, "xring", devices=devices)
     assert ([t.numpy().tobytes() for t in inputs], devices, [list(t) for t in towers]) == before
+
+
+def test_devices_that_contradict_where_eager_tensors_are_name_the_first_mismatch() -> None:
+    inputs = tensors(4)
+    devices = [cpu(i) for i in range(4)]
+    first = r"devices\[0\] is '.*CPU:3', but tensor 0 of tower 0 is on '.*CPU:0'"
+    with pytest.raises(ValueError, match=first):
+        allreduce.all_reduce(inputs, "xring", devices=list(reversed(devices)))
+    towers = [[t, t * 2] for t in inputs]
+    second = r"devices\[1\] is '.*CPU:0', but tensor 0 of tower 1 is on '.*CPU:1'"
+    with pytest.raises(ValueError, match=second):
+        allreduce.batch_all_reduce(towers, "pscpu", devices=[cpu(0), cpu(0), cpu(2), cpu(3)])
+    out = allreduce.all_reduce(inputs, "xring", devices=[f"/cpu:{i}" for i in range(4)])
+    for d, result in enumerate(out):
+        assert result.device == cpu(d)
+        assert np.all(result.numpy() == np.arange(6) * 4 + 6)

@@ -243,6 +243,11 @@ def _add_output(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tune-budget", type=_seconds, help="seconds --tune may measure (default 60)")
     p.add_argument(
+        "--retune",
+        action="store_true",
+        help="with --tune: measure again even where a tuning is cached, and replace it",
+    )
+    p.add_argument(
         "--explain",
         action="store_true",
         help="print each spec's plan and predicted time per case, then predicted against measured",

@@ -124,6 +124,7 @@ class Options:
     verbose: int = 0
     tune: bool = False
     tune_budget: float = 60.0
+    retune: bool = False
     explain: bool = False
 
     @property
@@ -190,6 +191,8 @@ def _check(options: Options, given: Mapping[str, Any]) -> None:
         raise UsageError(
             f"--model {options.model} needs --workload model (the workload is {options.workload})"
         )
+    if options.retune and not options.tune:
+        raise UsageError("--retune measures a tuning again: use it with --tune")
     if options.min_bytes > options.max_bytes:
         raise UsageError(f"--min-bytes ({options.min_bytes}) exceeds --max-bytes ({options.max_bytes})")
     if options.connect is not None:

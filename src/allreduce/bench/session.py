@@ -322,7 +322,10 @@ def _run(
             from allreduce.bench.tuning_report import format_tuning, tune_cases
 
             sys.stdout.write(
-                format_tuning(tune_cases(cases, devices, options.dtype, options.tune_budget)) + "\n"
+                format_tuning(
+                    tune_cases(cases, devices, options.dtype, options.tune_budget, refresh=options.retune)
+                )
+                + "\n"
             )
             return EXIT_OK
         outcome.plans = _explain(options, contenders, cases, devices)

@@ -26,11 +26,14 @@ def case_sizes(cases: Sequence[Case]) -> list[int]:
     return [math.prod(shape) for case in cases for shape in case.shapes]
 
 
-def tune_cases(cases: Sequence[Case], devices: Sequence[str], dtype: str, budget_s: float) -> dict[str, Any]:
-    """Tunes the tensors of ``cases`` as one step on ``devices``; the cache entry."""
+def tune_cases(
+    cases: Sequence[Case], devices: Sequence[str], dtype: str, budget_s: float, *, refresh: bool = False
+) -> dict[str, Any]:
+    """Tunes the tensors of ``cases`` as one step on ``devices`` (again, with ``refresh``);
+    the cache entry."""
     from allreduce.tuning.tuner import tune_entry
 
-    return tune_entry(list(devices), case_sizes(cases), dtype=dtype, budget_s=budget_s)
+    return tune_entry(list(devices), case_sizes(cases), dtype=dtype, budget_s=budget_s, refresh=refresh)
 
 
 def _ms(seconds: float | None, predicted: bool = False) -> str:

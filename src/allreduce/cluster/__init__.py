@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -59,6 +60,7 @@ DEFAULT_OP_TIMEOUT_S = 30.0
 DEFAULT_UNRESPONSIVE_S = 5.0
 DEFAULT_START_TIMEOUT_S = 120.0
 _LOCAL_GRACE_S = 2.0
+_AWAIT_POLL_S = 0.05
 
 
 class LocalCluster(Cluster):
@@ -141,8 +143,27 @@ class RemoteCluster(Cluster):
         self, jobs: dict[str, list[str]], job: str, op_timeout_s: float, unresponsive_s: float
     ) -> None:
         super().__init__(jobs, job, op_timeout_s, unresponsive_s)
-        probes = [NetworkProbe(t, job, a, unresponsive_s) for t, a in enumerate(jobs[job])]
-        self._watch(Watchdog(probes, grace_s=unresponsive_s + 1.0, name="allreduce-watchdog"))
+        self._probes = [NetworkProbe(t, job, a, unresponsive_s) for t, a in enumerate(jobs[job])]
+        self._watch(Watchdog(self._probes, grace_s=unresponsive_s + 1.0, name="allreduce-watchdog"))
+
+    def _await_workers(self, timeout_s: float) -> None:
+        """Waits until every worker has answered a heartbeat, within ``timeout_s``.
+
+        Raises:
+            WorkerError: a worker cannot be reached or stays silent for ``unresponsive_s``
+                (the watchdog's verdict), or has not answered within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not all(p.answered for p in self._probes):
+            fault = self._watchdog.wait(_AWAIT_POLL_S) if self._watchdog is not None else None
+            if fault is not None:
+                self._fault = fault
+                raise fault
+            if time.monotonic() > deadline:
+                silent = next(p for p in self._probes if not p.answered)
+                silence = f"has not answered within {timeout_s:g} s of connecting"
+                self._fault = silent.error("unresponsive", silence)
+                raise self._fault
 
     def __repr__(self) -> str:
         return f"RemoteCluster(job {self._job!r}, {self._state()}, {self._jobs[self._job]})"
@@ -232,7 +253,10 @@ def connect(
     can reach this process). A heartbeat to each worker's server, every 0.5 s with its
     own deadline, finds a worker that died or froze: :meth:`Cluster.run` then raises
     :class:`WorkerError` within ``unresponsive_s`` (there is no process to kill, so
-    calls outside ``run`` are not ended). Leaving the block disconnects; the servers run on.
+    calls outside ``run`` are not ended). Connecting is bounded too: every worker must
+    answer a heartbeat first, and the whole connection must finish within
+    ``op_timeout_s``, else :class:`WorkerError` naming the worker where one is to blame.
+    Leaving the block disconnects; the servers run on.
 
     Args:
         cluster_spec: ``{job: ["host:port", ...]}``, a ``tf.train.ClusterSpec``, or a
@@ -247,14 +271,20 @@ def connect(
 
     Raises:
         TypeError, ValueError: a bad cluster spec, job name or timeout, naming it.
-        WorkerError: a worker did not answer while connecting.
-        RuntimeError: this process is already connected to another cluster.
+        WorkerError: within ``op_timeout_s``, a worker could not be reached
+            (``reason="unreachable"``), did not answer (``"unresponsive"``), or the
+            connection did not finish (``"timeout"``).
+        RuntimeError: this process is already connected to another cluster, or an
+            earlier connection of it never finished.
     """
     jobs, client = check_cluster_spec(cluster_spec, job_name, _connection.CLIENT_JOB)
     op_timeout_s = check_seconds("op_timeout_s", op_timeout_s, allow_zero=False)
     unresponsive_s = check_seconds("unresponsive_s", unresponsive_s, allow_zero=False)
     _check_not_connected()
     address = _connection.client_address([a for tasks in jobs.values() for a in tasks], client)
+    # TensorFlow takes seconds to import: before the deadline and the heartbeats start.
+    import allreduce.core._tf  # noqa: F401
+
     cluster = RemoteCluster(jobs, job_name, op_timeout_s, unresponsive_s)
     try:
         cluster._connect(address, op_timeout_s)

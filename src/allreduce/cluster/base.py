@@ -32,6 +32,8 @@ log = logging.getLogger("allreduce.cluster")
 
 _POLL_S = 0.05
 _DISCONNECT_S = 10.0
+#: What a failed connection leaves of its deadline to close.
+_CLOSE_S = 0.25
 #: How long a call gets to fail after its worker did, so that its error becomes the cause.
 _CAUSE_S = 0.5
 
@@ -46,7 +48,8 @@ class _Call:
         self.value: Any = None
         self.error: BaseException | None = None
         self._fn, self._args, self._kwargs = fn, args, kwargs
-        daemon_thread(self._run, "allreduce-cluster-run").start()
+        self.thread = daemon_thread(self._run, "allreduce-cluster-run")
+        self.thread.start()
 
     def _run(self) -> None:
         try:
@@ -74,6 +77,9 @@ class Cluster:
         self._watchdog: Watchdog | None = None
         self._fault: WorkerError | None = None
         self._connected = False
+        self._attached = False
+        #: The last call :meth:`run` gave up on while it still ran.
+        self._unfinished: _Call | None = None
         self._closed = False
         _open_clusters.add(self)  # closed at exit if still open
 
@@ -142,7 +148,8 @@ class Cluster:
         self.check()
         call = _Call(fn, args, kwargs)
         deadline = time.monotonic() + limit
-        while not call.done.wait(_POLL_S):
+        self._unfinished = call  # until it returns
+        while not call.done.wait(min(_POLL_S, max(deadline - time.monotonic(), 0.0))):
             fault = self._watchdog.fault if self._watchdog is not None else None
             if fault is not None:
                 self._fault = fault
@@ -158,6 +165,7 @@ class Cluster:
                     reason="timeout",
                 )
                 raise self._fault
+        self._unfinished = None
         return self._outcome(call)
 
     def _outcome(self, call: _Call) -> Any:
@@ -173,24 +181,53 @@ class Cluster:
                 raise fault from call.error
         raise call.error
 
-    def _connect(self, address: str, timeout_s: float) -> None:
-        """Connects this process, serving at ``address``, to the cluster; reads the workers'
-        devices from TensorFlow."""
-        from allreduce.core._tf import tf
+    def _await_workers(self, timeout_s: float) -> None:
+        """Returns once every worker answers; raises :class:`WorkerError` otherwise."""
 
+    def _connect(self, address: str, timeout_s: float) -> None:
+        """Connects this process, serving at ``address``, to the cluster within ``timeout_s``;
+        reads the workers' devices from TensorFlow.
+
+        Every worker must answer first: TensorFlow waits forever on one that does not.
+
+        Raises:
+            WorkerError: a worker could not be reached or did not answer in time.
+        """
+        # Leave time to give up and close within timeout_s.
+        deadline = time.monotonic() + timeout_s - min(_CLOSE_S, timeout_s / 4)
         _connection.claim(self)
+        self._await_workers(_left(deadline, "connecting"))
         self._connected = True
-        self.run(_connection.attach, self._jobs, self._job, address, timeout_s=timeout_s)
+        try:
+            limit = _left(deadline, "connecting")
+            self.run(_connection.attach, self._jobs, self._job, address, timeout_s=limit)
+            names = self.run(_logical_devices, timeout_s=_left(deadline, "listing the workers' devices"))
+        except WorkerError as err:
+            if err.reason != "timeout":
+                raise
+            self._fault = WorkerError(
+                f"connecting to {self._jobs[self._job]} did not finish within {timeout_s:g} s, "
+                "although every worker answers its heartbeat",
+                task=None,
+                reason="timeout",
+            )
+            raise self._fault from None
         found: list[list[str]] = [[] for _ in self._jobs[self._job]]
-        for device in tf.config.list_logical_devices():
-            spec = tf.DeviceSpec.from_string(device.name)
-            if spec.job == self._job and spec.task is not None and spec.task < len(found):
-                found[spec.task].append(device.name)
+        for name, job, task in names:
+            if job == self._job and task is not None and task < len(found):
+                found[task].append(name)
         self._devices = [sorted(names, key=_device_order) for names in found]
+        self._attached = True
 
     def _disconnect(self) -> None:
         stuck = None
-        if self._connected:
+        pending = self._unfinished
+        if self._connected and not self._attached and pending is not None and not pending.done.is_set():
+            # Connecting never finished: TensorFlow's context waits on a worker, and
+            # leaving would wait behind it.
+            log.warning("connecting never finished (a worker does not answer); not leaving the cluster")
+            stuck = pending.thread
+        elif self._connected:
             thread = daemon_thread(_connection.detach, "allreduce-disconnect")
             thread.start()
             thread.join(_DISCONNECT_S)
@@ -232,6 +269,33 @@ class Cluster:
 def _device_type(name: str) -> str:
     """``"GPU"`` of ``/job:worker/replica:0/task:0/device:GPU:1``."""
     return name.rpartition("/device:")[2].partition(":")[0].upper()
+
+
+def _left(deadline: float, what: str) -> float:
+    """The seconds left before ``deadline``.
+
+    Raises:
+        WorkerError: none are left (``reason="timeout"``).
+    """
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise WorkerError(
+            f"{what} did not start before the connection's deadline",
+            task=None,
+            reason="timeout",
+        )
+    return left
+
+
+def _logical_devices() -> list[tuple[str, str | None, int | None]]:
+    """``(name, job, task)`` of every logical device TensorFlow knows (waits on every worker)."""
+    from allreduce.core._tf import tf
+
+    out = []
+    for device in tf.config.list_logical_devices():
+        spec = tf.DeviceSpec.from_string(device.name)
+        out.append((device.name, spec.job, spec.task))
+    return out
 
 
 def _device_order(name: str) -> tuple[str, int]:

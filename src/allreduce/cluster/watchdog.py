@@ -96,12 +96,15 @@ class NetworkProbe:
         self._sent = float("-inf")
         self._last_ok = time.monotonic()
         self._last_error: Any = None
+        #: Whether a heartbeat has ever succeeded.
+        self.answered = False
 
     def _collect(self, now: float) -> None:
         if self._pending is not None and self._pending.done():
             try:
                 self._pending.result()
                 self._last_ok, self._last_error = now, None
+                self.answered = True
             except self._grpc.RpcError as err:
                 self._last_error = err
             self._pending = None

@@ -12,6 +12,7 @@ tensor checks import TensorFlow when first called. Checks that need a layer abov
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,13 +39,14 @@ def _describe(value: Any) -> str:
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``value`` if it is an ``int`` (not a ``bool``) from ``minimum`` to ``maximum``.
+    """``value`` as an ``int`` if it is an integral number (``int``, ``numpy.int64``, ...;
+    not a ``bool``) from ``minimum`` to ``maximum``.
 
     Raises:
-        TypeError: ``value`` is not an int.
+        TypeError: ``value`` is not an integral number.
         ValueError: ``value`` is below ``minimum`` or above ``maximum``.
     """
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {_describe(value)}")
     if minimum is not None and maximum is not None and not minimum <= value <= maximum:
         raise ValueError(f"{name} must be {minimum}..{maximum}, got {value}")
@@ -52,7 +54,7 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be at most {maximum}, got {value}")
-    return value
+    return int(value)
 
 
 def check_ports(ports: Any, count: int) -> list[int] | None:

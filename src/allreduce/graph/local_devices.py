@@ -12,7 +12,7 @@ from allreduce.core.runtime_hooks import on_context_change
 from allreduce.core.validation import check_choice, check_int
 from allreduce.planning.devices import parse_device_name
 
-__all__ = ["check_devices_exist", "logical_devices"]
+__all__ = ["check_devices_exist", "check_tensor_devices", "logical_devices"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,3 +123,27 @@ def check_devices_exist(devices: Sequence[str]) -> None:
         f"device {missing[0]!r} does not exist: TensorFlow's logical devices are {listed} "
         "(split a CPU with allreduce.logical_devices, or connect to a cluster first)"
     )
+
+
+def check_tensor_devices(towers: Sequence[Sequence[Any]], devices: Sequence[str]) -> None:
+    """Checks, in eager mode, that every tensor of tower ``d`` sits on ``devices[d]``.
+
+    Raises:
+        ValueError: the first tensor on another device than its tower's, naming both.
+    """
+    if not tf.executing_eagerly():
+        return
+    local = None
+    for d, (tower, name) in enumerate(zip(towers, devices)):
+        wanted = parse_device_name(name)
+        for i, tensor in enumerate(tower):
+            where = getattr(tensor, "device", "")
+            if not where:
+                continue
+            if local is None:
+                local = _runtime_devices(False)[1]
+            if not _matches(wanted, parse_device_name(where), local):
+                raise ValueError(
+                    f"devices[{d}] is {name!r}, but tensor {i} of tower {d} is on {where!r}: "
+                    "devices must name where each input is (results stay on their input's device)"
+                )

@@ -225,7 +225,7 @@ def compile_step(contender: Contender, inputs: Inputs, setup: Setup) -> tuple[St
         return build, build
     from allreduce.core._tf import tf
 
-    full = tf.function(build, autograph=False)
+    full = tf.function(_Body(build), autograph=False)
     if not setup.witness:
         return full, full
     devices = inputs.devices
@@ -237,7 +237,18 @@ def compile_step(contender: Contender, inputs: Inputs, setup: Setup) -> tuple[St
                 out.append([tf.reshape(value, [-1])[:1] for value in tower])
         return out
 
-    return full, tf.function(witnesses, autograph=False)
+    return full, tf.function(_Body(witnesses), autograph=False)
+
+
+class _Body:
+    """A step's body as its own callable: TensorFlow counts the traces of functions
+    that share code together, and would warn of retracing after a few steps."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn = fn
+
+    def __call__(self) -> Any:
+        return self._fn()
 
 
 def describe_error(err: BaseException) -> str:

@@ -29,12 +29,27 @@ from allreduce.selection.workload import Workload
 
 __layer__ = "model"
 
-__all__ = ["AUTO", "cached_model", "forget", "is_auto", "resolve", "resolve_spec", "resolve_with_reason"]
+__all__ = [
+    "AUTO",
+    "UNCALIBRATED",
+    "cached_model",
+    "forget",
+    "is_auto",
+    "resolve",
+    "resolve_spec",
+    "resolve_with_reason",
+]
 
 logger = logging.getLogger(__name__)
 
 #: The spec string that asks for this resolution.
 AUTO = "auto"
+
+#: What explains a prediction with the default parameters.
+UNCALIBRATED = (
+    "default parameters, not calibrated on this machine: its times are uncalibrated guesses "
+    "(no tuning cached for these devices; run allreduce.tune to calibrate)"
+)
 
 _lock = threading.Lock()
 _memo: dict[tuple[str, str], tuple[str, str]] = {}
@@ -56,7 +71,7 @@ def _nearest(folder: Path, key: dict[str, Any]) -> tuple[dict[str, Any], Path] |
     found = []
     for path in cache.same_topology(folder, key):
         entry = cache.load(path, topology)
-        if entry is not None:
+        if entry is not None and cache.measured(entry):
             found.append((workload_distance(wanted, _workload(entry)), str(path), entry))
     if not found:
         return None
@@ -77,7 +92,7 @@ def cached_model(
             return model, f"fitted on {model.samples} samples ({nearest[1]})"
         except (KeyError, ValueError) as err:
             logger.warning("ignoring the model of %s: %s", nearest[1], err)
-    return DEFAULT, "default parameters (no tuning cached for these devices; run allreduce.tune)"
+    return DEFAULT, UNCALIBRATED
 
 
 def _model_choice(devices: Sequence[str], dtype: str, sizes: Sequence[int]) -> str:
@@ -93,7 +108,7 @@ def _choose(folder: Path, devices: Sequence[str], dtype: str, sizes: Sequence[in
     key = cache.key_of(devices, dtype, sizes)
     path = cache.entry_path(folder, key)
     entry = cache.load(path, key)
-    if entry is not None:
+    if entry is not None and cache.measured(entry):
         return entry["spec"], f"tuned for this workload ({path})"
     nearest = _nearest(folder, key)
     if nearest is not None:

@@ -29,7 +29,17 @@ from allreduce.selection.bands import workload_bucket
 
 __layer__ = "model"
 
-__all__ = ["FORMAT", "cache_dir", "entry_path", "key_of", "load", "same_topology", "store", "topology"]
+__all__ = [
+    "FORMAT",
+    "cache_dir",
+    "entry_path",
+    "key_of",
+    "load",
+    "measured",
+    "same_topology",
+    "store",
+    "topology",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +142,17 @@ def _problem(data: Any, key: Mapping[str, Any] | None) -> str | None:
         if stored != wanted:
             return "it was tuned for another topology or workload"
     return None
+
+
+def measured(entry: Mapping[str, Any]) -> bool:
+    """Whether a tuning's choice was measured against every candidate: each one that did
+    not fail has a sample (a tuning that measured less is not trusted, and tuned again)."""
+    samples = entry.get("samples")
+    if not isinstance(samples, list) or not samples:
+        return False
+    seen = {s.get("spec") for s in samples if isinstance(s, dict)}
+    failed = entry.get("failed") or {}
+    return all(c in seen or c in failed for c in entry.get("candidates") or [])
 
 
 def store(path: Path, entry: Mapping[str, Any]) -> None:

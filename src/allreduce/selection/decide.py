@@ -2,11 +2,11 @@
 
 The rules decide only on real differences:
 
-* the base spec is the first single spec, in order of preference, whose estimated
-  workload time (measured where measured, predicted elsewhere) is within :data:`TIE`
-  of the lowest, or may be within the noise (the lower end of a bootstrap interval of
-  the ratio, :func:`total_ratio_low`), and that was measured on the band that takes the most time, if any
-  such spec is that close;
+* the base spec is the fastest single spec by estimated workload time (measured where
+  measured, predicted elsewhere) or within the measured noise of it: the first, in
+  order of preference, that the measurements cannot tell slower (the lower end of a
+  bootstrap interval of the ratio of workload times, :func:`total_ratio_low`, is at
+  most 1), preferring one measured on the band that takes the most time;
 * a band switches from the base to another algorithm only when both were measured there
   side by side, the other's median is at least :data:`GAIN` lower, the time it saves is
   at least :data:`STEP_GAIN` of the whole step, a bootstrap interval of the ratio of
@@ -39,6 +39,7 @@ __all__ = [
     "decide",
     "decide_predicted",
     "ratio_interval",
+    "within_noise",
 ]
 
 #: The least gain, as a fraction of the base's band time, that makes a band switch.
@@ -118,8 +119,15 @@ def totals(
 def total_ratio_low(
     a: str, b: str, bands: Sequence[int], measured: Cells, predicted: Predictions, overhead: float
 ) -> float:
-    """The lower end of a bootstrap interval (:data:`CONFIDENCE`) of ``a``'s estimated
-    workload time over ``b``'s: measured cells resampled, predicted ones held fixed."""
+    """The lower end of :func:`total_ratio_interval`."""
+    return total_ratio_interval(a, b, bands, measured, predicted, overhead)[0]
+
+
+def total_ratio_interval(
+    a: str, b: str, bands: Sequence[int], measured: Cells, predicted: Predictions, overhead: float
+) -> tuple[float, float]:
+    """A bootstrap interval (:data:`CONFIDENCE`) of ``a``'s estimated workload time over
+    ``b``'s: measured cells resampled, predicted ones held fixed."""
     rng = random.Random(0)
 
     def total(spec: str) -> float:
@@ -133,7 +141,8 @@ def total_ratio_low(
         return sum(parts) - overhead * (len(bands) - 1)
 
     ratios = sorted(total(a) / total(b) for _ in range(_RESAMPLES))
-    return ratios[int((1 - CONFIDENCE) / 2 * (_RESAMPLES - 1))]
+    tail = (1 - CONFIDENCE) / 2
+    return ratios[int(tail * (_RESAMPLES - 1))], ratios[int((1 - tail) * (_RESAMPLES - 1))]
 
 
 def _base(candidates: Sequence[str], found: Mapping[str, float], measured_on: Sequence[str] = ()) -> str:
@@ -142,6 +151,36 @@ def _base(candidates: Sequence[str], found: Mapping[str, float], measured_on: Se
     best = min(found.values())
     close = [c for c in candidates if c in found and found[c] <= best * (1 + TIE)]
     return next((c for c in close if c in measured_on), close[0])
+
+
+def within_noise(
+    spec: str,
+    fastest: str,
+    bands: Sequence[int],
+    measured: Cells,
+    predicted: Predictions,
+    overhead: float,
+) -> bool:
+    """Whether the measurements cannot tell ``spec`` slower than ``fastest`` on the workload."""
+    return spec == fastest or total_ratio_low(spec, fastest, bands, measured, predicted, overhead) <= 1.0
+
+
+def _noise_base(
+    candidates: Sequence[str],
+    bands: Sequence[int],
+    measured: Cells,
+    predicted: Predictions,
+    overhead: float,
+    found: Mapping[str, float],
+) -> str:
+    """The first candidate within the measured noise of the fastest total, among those
+    measured on the heaviest band when any is; else the fastest."""
+    fastest = min(found, key=lambda c: found[c])
+    heaviest = max(bands, key=lambda b: estimate(fastest, b, measured, predicted) or 0.0)
+    equal = [
+        c for c in candidates if c in found and within_noise(c, fastest, bands, measured, predicted, overhead)
+    ]
+    return next((c for c in equal if measured.get((c, heaviest))), equal[0])
 
 
 class Doubt(NamedTuple):
@@ -228,17 +267,7 @@ def decide(
     found = totals(candidates, bands, measured, predicted, overhead)
     if not found:
         raise ValueError("no candidate spec was measured or predicted on every band")
-    fastest = min(found, key=lambda c: found[c])
-    heaviest = max(bands, key=lambda b: estimate(fastest, b, measured, predicted) or 0.0)
-    # A preferred spec whose total may, within the noise, be within TIE of the fastest
-    # counts as that close: noise must not flip the choice between equals.
-    equal = {
-        c: found[fastest] * (1 + TIE)
-        for c in found
-        if found[c] > found[fastest] * (1 + TIE)
-        and total_ratio_low(c, fastest, bands, measured, predicted, overhead) <= 1 + TIE
-    }
-    base = _base(candidates, {**found, **equal}, [c for c in candidates if measured.get((c, heaviest))])
+    base = _noise_base(candidates, bands, measured, predicted, overhead, found)
     choices = []
     for band in sorted(bands):
 

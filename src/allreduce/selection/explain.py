@@ -53,6 +53,8 @@ class Explanation:
         predicted_s: the predicted seconds of the whole step (``None``: an algorithm has no formula).
         model: which parameters predicted it.
         note: how ``"auto"`` was resolved, else empty.
+        calibrated: whether the parameters were fitted to measurements (a tuning); else
+            the times are guesses from defaults measured on another machine.
     """
 
     spec: str
@@ -63,6 +65,7 @@ class Explanation:
     predicted_s: float | None
     model: str
     note: str = ""
+    calibrated: bool = True
 
     def __str__(self) -> str:
         return format_explanation(self)
@@ -141,8 +144,10 @@ def format_explanation(plan: Explanation) -> str:
             f"{_bytes(r.sent_bytes):>10} {_bytes(r.received_bytes):>10} {_seconds(r.predicted_s):>11}"
         )
         lines.append(line)
+    guess = "" if plan.calibrated else ", an uncalibrated guess"
     lines.append(
-        f"step: {_seconds(plan.predicted_s)} predicted ({_seconds(plan.overhead_s)} of it passing tensors)"
+        f"step: {_seconds(plan.predicted_s)} predicted{guess} "
+        f"({_seconds(plan.overhead_s)} of it passing tensors)"
     )
     return "\n".join(lines)
 
@@ -162,8 +167,9 @@ def explain(
     (``"auto"`` included) and the cost model's prediction, one row per tensor or pack.
 
     ``model`` defaults to the one fitted by the nearest cached tuning of these devices
-    and dtype (:func:`allreduce.tune`), else the default parameters. Safe to call from
-    several threads.
+    and dtype (:func:`allreduce.tune`), else the default parameters, which were measured
+    on another machine: the explanation then says that its times are uncalibrated
+    guesses (``calibrated`` is false). Safe to call from several threads.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -171,14 +177,14 @@ def explain(
             or an algorithm that cannot run on these devices.
     """
     from allreduce.core.tables import DTYPE_SIZES
-    from allreduce.selection.auto import cached_model
+    from allreduce.selection.auto import UNCALIBRATED, cached_model
 
     names, counts, dtype_name = _check(devices, sizes, dtype, pack_max_bytes)
     tuples, note = _spec(spec, names, counts, dtype_name, worker_groups, cache_dir)
     if model is None:
         model, source = cached_model(names, dtype_name, [max(c, 1) for c in counts] or [1], cache_dir)
     else:
-        source = f"fitted on {model.samples} samples" if model.fitted else "default parameters"
+        source = f"fitted on {model.samples} samples" if model.fitted else UNCALIBRATED
     costs = bucket_costs(
         tuples,
         names,
@@ -192,7 +198,15 @@ def explain(
     parts = [r.predicted_s for r in rows]
     total = None if any(p is None for p in parts) else overhead + sum(parts)  # type: ignore[arg-type]
     return Explanation(
-        format_all_reduce_spec(tuples), tuple(names), dtype_name, rows, overhead, total, source, note
+        format_all_reduce_spec(tuples),
+        tuple(names),
+        dtype_name,
+        rows,
+        overhead,
+        total,
+        source,
+        note,
+        model.fitted,
     )
 
 

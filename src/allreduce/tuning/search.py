@@ -7,10 +7,13 @@ refits the model after every probe, and then measures, band by band, only candid
 the model (within its own error) says could beat the current base spec by
 :data:`~allreduce.selection.decide.GAIN`, or could become the base, always side by side
 with the base. A candidate without a cost formula is measured wherever the budget
-allows. It stops when no cell could change the decision, or at ``max_cells`` measured
-cells, or at the deadline; then it measures again, side by side, the closest single
-specs on the heaviest bands and every band switch it would make, so that noise in one
-probe decides nothing.
+allows. The calibration and a first cell of every candidate (on the heaviest band, side
+by side with the base) are measured whatever the deadline: a choice is never made
+without measuring it against every candidate. It stops when no cell could change the
+decision, or at ``max_cells`` measured cells, or at the deadline; then it measures
+again, side by side, the closest single specs on the heaviest bands, for as long as the
+decision between them is close and the budget lasts, and every band switch it would
+make, so that noise in one probe decides nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +24,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from allreduce.selection.decide import GAIN, STEP_GAIN, TIE, Decision, Doubt, decide, estimate, totals
+from allreduce.selection.decide import (
+    GAIN,
+    STEP_GAIN,
+    TIE,
+    Decision,
+    Doubt,
+    decide,
+    estimate,
+    total_ratio_interval,
+    totals,
+)
 
 __layer__ = "model"
 
@@ -37,8 +50,9 @@ PER_PROBE = 3
 REFINE_MARGIN = 0.05
 #: The refinement measures the heaviest bands that make up this share of the step.
 HEAVY_SHARE = 0.8
-#: How many times the refinement runs.
+#: How many times the refinement runs at least, and at most while the decision is close.
 REFINE_ROUNDS = 2
+MAX_REFINE_ROUNDS = 12
 #: The most band switches measured again before they are decided.
 MAX_CONFIRMATIONS = 3
 
@@ -171,12 +185,13 @@ def next_probe(search: Search, overhead: float) -> tuple[int, list[str]] | None:
 
 def _refinement(search: Search, overhead: float) -> list[tuple[int, list[str]]]:
     """Probes that measure again, side by side, the single specs whose workload estimates
-    lie within :data:`REFINE_MARGIN` of the best, on the bands that make up most of the
-    step: noise there is what could still change the base."""
+    lie within :data:`REFINE_MARGIN` of the best, with the base, on the bands that make up
+    most of the step: noise there is what could still change the base."""
     decision = search.decide(overhead)
     best = min(decision.totals.values())
     close = sorted((t, s) for s, t in decision.totals.items() if t <= best * (1 + TIE + REFINE_MARGIN))
-    contenders = [s for _, s in close][: PER_PROBE + 1]
+    others = [s for _, s in close if s != decision.base]
+    contenders = [decision.base, *others][: PER_PROBE + 1]
     if len(contenders) < 2:
         return []
     parts = {b: estimate(decision.base, b, search.measured, search.predicted) or 0.0 for b in search.bands}
@@ -187,6 +202,39 @@ def _refinement(search: Search, overhead: float) -> list[tuple[int, list[str]]]:
         if covered >= HEAVY_SHARE * sum(parts.values()):
             break
     return heavy
+
+
+def _close(search: Search, overhead: float) -> bool:
+    """Whether the measurements leave the base undecided against a close single spec: a
+    bootstrap interval of their workload ratio holds 1 and reaches beyond :data:`TIE`."""
+    decision = search.decide(overhead)
+    base = decision.base
+    for spec, total in decision.totals.items():
+        if spec == base or total > decision.totals[base] * (1 + TIE + REFINE_MARGIN):
+            continue
+        low, high = total_ratio_interval(
+            spec, base, search.bands, search.measured, search.predicted, overhead
+        )
+        if low <= 1.0 <= high and (low < 1 - TIE or high > 1 + TIE):
+            return True
+    return False
+
+
+def _coverage(search: Search, overhead: float) -> list[tuple[int, list[str]]]:
+    """Probes that give every candidate not yet measured a cell: on the heaviest band,
+    side by side with the base."""
+    seen = {spec for spec, _ in search.seen}
+    missing = [c for c in search.usable() if c not in seen]
+    if not missing:
+        return []
+    try:
+        base = search.decide(overhead).base
+    except ValueError:  # nothing measured or predicted on every band yet
+        base = next((c for c in search.usable() if c in seen), missing[0])
+    parts = {b: estimate(base, b, search.measured, search.predicted) or 0.0 for b in search.bands}
+    heaviest = max(search.bands[::-1], key=lambda b: parts[b])
+    missing = [c for c in missing if c != base]
+    return [(heaviest, [base, *missing[i : i + PER_PROBE]]) for i in range(0, len(missing), PER_PROBE)]
 
 
 def _confirmations(search: Search, overhead: float) -> list[tuple[int, list[str]]]:
@@ -223,38 +271,71 @@ def run(
     common: Callable[[int], float] = lambda band: 0.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> Search:
-    """Measures probes (calibration first, then :func:`next_probe`) until nothing could
-    change the decision, ``max_cells`` distinct cells were measured, or ``clock()``
-    passes ``deadline``; refits the predictions (and ``common(band)``, the seconds of a
-    band's probe no algorithm changes) after each probe. Then, within
-    :data:`REFINE_ROUNDS` rounds and the deadline, measures the closest single specs
-    again on the heaviest bands (:func:`_refinement`), and each band switch once more
-    (:func:`_confirmations`)."""
+    """Measures the calibration and a first cell of every candidate (whatever the
+    deadline), then probes from :func:`next_probe` until nothing could change the
+    decision, ``max_cells`` distinct cells were measured, or ``clock()`` passes
+    ``deadline``; refits the predictions (and ``common(band)``, the seconds of a band's
+    probe no algorithm changes) after each probe. Then, within the deadline, measures
+    the closest single specs again on the heaviest bands (:func:`_refinement`),
+    :data:`REFINE_ROUNDS` times and up to :data:`MAX_REFINE_ROUNDS` while the decision
+    is close (:func:`_close`), and each band switch once more (:func:`_confirmations`)."""
     search.predicted = predict(search.measured)
     search.common = {b: common(b) for b in search.bands}
     spent: list[float] = []
-    queue = _calibration(search)
-    stages = [_refinement] * REFINE_ROUNDS + [_confirmations]
-    exploring = True
-    while True:
-        probe = queue.pop(0) if queue else next_probe(search, overhead())
-        while probe is None and stages:
-            exploring = False
-            queue = stages.pop(0)(search, overhead())
-            probe = queue.pop(0) if queue else None
-        if probe is None:
-            break
-        band, specs = probe
-        specs = _within(search, band, specs, max_cells)
-        expected = statistics.median(spent) * len(specs) if spent else 0.0
-        if len(specs) < 2 or clock() + expected > deadline:
-            if not exploring or not queue:
-                logger.info("tuning stops: %d cells measured, %.1f s left", search.cells, deadline - clock())
-                break
-            continue
+
+    def probe(band: int, specs: Sequence[str]) -> None:
         started = clock()
         search.record(band, measure(band, specs))
         spent.append((clock() - started) / max(len(specs), 1))
         search.predicted = predict(search.measured)
         search.common = {b: common(b) for b in search.bands}
+
+    for band, specs in _calibration(search):
+        probe(band, [s for s in dict.fromkeys(specs) if s not in search.failed])
+    while True:  # a spec that fails in a coverage probe leaves its place to the others
+        queue = _coverage(search, overhead())
+        if not queue or not search.usable():
+            break
+        probe(*queue[0])
+    _explore(search, probe, spent, max_cells, deadline, overhead, clock)
     return search
+
+
+def _explore(
+    search: Search,
+    probe: Callable[[int, Sequence[str]], None],
+    spent: list[float],
+    max_cells: int,
+    deadline: float,
+    overhead: Callable[[], float],
+    clock: Callable[[], float],
+) -> None:
+    """The probes the deadline bounds: exploring, then refining and confirming."""
+    stages: list[Callable[[Search, float], list[tuple[int, list[str]]]]] = [_refinement] * REFINE_ROUNDS
+    stages.append(_confirmations)
+    extra = MAX_REFINE_ROUNDS - REFINE_ROUNDS
+    queue: list[tuple[int, list[str]]] = []
+    exploring = True
+    while True:
+        next_one = queue.pop(0) if queue else next_probe(search, overhead()) if exploring else None
+        while next_one is None and stages:
+            exploring = False
+            stage = stages.pop(0)
+            if stage is _confirmations and extra > 0 and _close(search, overhead()):
+                extra -= 1  # the decision is close: the budget goes to measuring it again
+                stages.insert(0, stage)
+                stage = _refinement
+            queue = stage(search, overhead())
+            next_one = queue.pop(0) if queue else None
+        if next_one is None:
+            break
+        band, specs = next_one
+        specs = _within(search, band, specs, max_cells)
+        expected = statistics.median(spent) * len(specs) if spent else 0.0
+        if clock() + expected > deadline:
+            logger.info("tuning stops: %d cells measured, %.1f s left", search.cells, deadline - clock())
+            break
+        if len(specs) < 2:  # no new cell allowed: exploring is over
+            exploring = False
+            continue
+        probe(band, specs)

@@ -18,7 +18,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from allreduce.core.tables import DTYPE_SIZES
-from allreduce.core.validation import check_dtype, check_int, check_seconds, check_sequence
+from allreduce.core.validation import (
+    check_bool,
+    check_dtype,
+    check_int,
+    check_seconds,
+    check_sequence,
+)
+from allreduce.graph.local_devices import check_devices_exist
 from allreduce.planning.cost_model import DEFAULT, Model, Sample, fit
 from allreduce.planning.devices import check_device_names, group_by_worker
 from allreduce.selection import cache
@@ -76,6 +83,7 @@ def tune(
     budget_s: float = DEFAULT_BUDGET_S,
     cache_dir: str | os.PathLike[str] | None = None,
     specs: Sequence[str] | None = None,
+    refresh: bool = False,
 ) -> str:
     """The fastest spec (size ranges and ``#k`` included) for all-reducing tensors of
     ``sizes`` elements on ``devices``, measured within about ``budget_s`` seconds.
@@ -83,18 +91,22 @@ def tune(
     The result and every sample are cached under ``cache_dir`` (default:
     ``$ALLREDUCE_CACHE_DIR``, ``$XDG_CACHE_HOME/allreduce`` or ``~/.cache/allreduce``),
     keyed by the topology and the workload; a later call with the same key returns at
-    once, and ``spec="auto"`` uses it. ``specs`` restricts the choice to these single
-    specs. Safe to call from several threads (tunings run one at a time).
+    once, and ``spec="auto"`` uses it; ``refresh=True`` measures again and replaces it.
+    ``specs`` restricts the choice to these single specs. Every candidate is measured at
+    least once, whatever the budget, so that no choice is made without measuring it
+    against the others. Sizes are integral numbers (``numpy`` integers too). Safe to
+    call from several threads (tunings run one at a time).
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: no devices, no sizes, a size below 1, a budget that is not positive,
-            an unsupported dtype, a spec that is malformed or has size ranges, or no
-            candidate that runs on these devices.
+        ValueError: no devices, a device that does not exist, no sizes, a size below 1,
+            a budget that is not positive, an unsupported dtype, a spec that is
+            malformed or has size ranges, or no candidate that runs on these devices.
     """
-    return tune_entry(devices, sizes, dtype=dtype, budget_s=budget_s, cache_dir=cache_dir, specs=specs)[
-        "spec"
-    ]
+    entry = tune_entry(
+        devices, sizes, dtype=dtype, budget_s=budget_s, cache_dir=cache_dir, specs=specs, refresh=refresh
+    )
+    return entry["spec"]
 
 
 def tune_entry(
@@ -106,15 +118,23 @@ def tune_entry(
     cache_dir: str | os.PathLike[str] | None = None,
     specs: Sequence[str] | None = None,
     measure: MeasureFn | None = None,
+    refresh: bool = False,
 ) -> dict[str, Any]:
     """As :func:`tune`, returning the whole cache entry (``cached`` says whether it was
-    found rather than measured); ``measure`` replaces the benchmark driver."""
+    found rather than measured); ``measure`` replaces the benchmark driver (and the
+    check that the devices exist)."""
     names, counts, budget, chosen = _check(devices, sizes, budget_s, specs)
     dtype_name = check_dtype(dtype)
+    check_bool("refresh", refresh)
+    if measure is None:
+        check_devices_exist(names)
     key = cache.key_of(names, dtype_name, counts)
     path = cache.entry_path(cache.cache_dir(cache_dir), key)
     with _lock:
-        found = cache.load(path, key)
+        found = None if refresh else cache.load(path, key)
+        if found is not None and not cache.measured(found):
+            logger.warning("tune: %s was not measured against every candidate: tuning again", path)
+            found = None
         if found is not None:
             logger.info("tune: %r from the cache (%s)", found["spec"], path)
             return {**found, "cached": True}
@@ -153,14 +173,14 @@ def _tune(
         search,
         lambda band, chosen: measure(work.bands[band], chosen),
         fitting.predict,
-        max_cells=max(1, int(MAX_SHARE * len(candidates) * len(work.bands))),
+        max_cells=max(len(candidates), int(MAX_SHARE * len(candidates) * len(work.bands))),
         deadline=started + budget,
         overhead=lambda: fitting.model.overhead(devices, 0),
         common=lambda band: fitting.model.overhead(devices, len(work.bands[band])),
     )
     model = fitting.model
-    # Equal estimates go to the spec the fitted model predicts faster on the whole workload.
-    preferred = sorted(search.usable(), key=lambda s: _sort_key(work.predict(model, s)))
+    # Between equals the prior order decides: it does not move with the noise of a tuning.
+    preferred = search.usable()
     overhead = model.overhead(devices, 0)
     doubt = Doubt(search.model_error(), search.common)
     decision = decide(
@@ -224,10 +244,6 @@ def _runs(spec: str, devices: Sequence[str]) -> bool:
     if problem is not None:
         logger.warning("tune leaves out %r: %s", spec, problem)
     return problem is None
-
-
-def _sort_key(seconds: float | None) -> tuple[int, float]:
-    return (1, 0.0) if seconds is None else (0, seconds)
 
 
 def _median(values: Sequence[float]) -> float:
