@@ -180,7 +180,7 @@ class SpecContender(Contender):
     def resolved(self, case: Case, setup: Setup) -> str:
         """The spec this contender runs on ``case``: ``"auto"`` resolved as the library
         resolves it for the case's tensors (never measuring), any other spec as it is."""
-        if self.spec != "auto":
+        if not is_auto(self.spec):
             return self.spec
         from allreduce.selection.auto import resolve
 
