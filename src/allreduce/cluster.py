@@ -1,7 +1,8 @@
 """Multi-worker clusters: local worker processes, or servers elsewhere, behind one interface.
 
 :func:`local_cluster` starts ``workers`` ``tf.distribute.Server`` processes on
-``127.0.0.1``; :func:`connect` joins servers that run elsewhere. Either connects the
+``127.0.0.1``; :func:`ray_cluster` starts them as Ray actors (the ``ray`` extra, imported
+only when used); :func:`connect` joins servers that run elsewhere. Either connects the
 calling process and yields a cluster whose devices the same all-reduce code uses::
 
     with local_cluster(2, 2) as cluster:
@@ -27,7 +28,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from allreduce import _connection
 from allreduce._cluster_base import Cluster
@@ -38,16 +39,21 @@ from allreduce._watchdog import NetworkProbe, ProcessProbe, Watchdog
 from allreduce._worker import JOB_NAME
 from allreduce.validation import check_bool, check_int, check_seconds
 
+if TYPE_CHECKING:  # loaded on first use by __getattr__, with Ray
+    from allreduce._ray_cluster import RayCluster, ray_cluster
+
 __all__ = [
     "DEFAULT_OP_TIMEOUT_S",
     "DEFAULT_UNRESPONSIVE_S",
     "Cluster",
     "LocalCluster",
+    "RayCluster",
     "RemoteCluster",
     "WorkerError",
     "WorkerStartError",
     "connect",
     "local_cluster",
+    "ray_cluster",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,6 +151,15 @@ class RemoteCluster(Cluster):
 
     def __repr__(self) -> str:
         return f"RemoteCluster(job {self._job!r}, {self._state()}, {self._jobs[self._job]})"
+
+
+def __getattr__(name: str) -> Any:
+    """:func:`ray_cluster` and :class:`RayCluster`, loaded on first use (PEP 562)."""
+    if name in ("ray_cluster", "RayCluster"):
+        from allreduce import _ray_cluster
+
+        return getattr(_ray_cluster, name)
+    raise AttributeError(f"module 'allreduce.cluster' has no attribute {name!r}")
 
 
 def _check_not_connected() -> None:
