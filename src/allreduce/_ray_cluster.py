@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 from allreduce import _connection
 from allreduce._cluster_base import Cluster
 from allreduce._cluster_errors import WorkerError, WorkerStartError
+from allreduce._supervisor import process_state
 from allreduce._watchdog import NetworkProbe, Watchdog
 from allreduce._worker import JOB_NAME, die_with_parent
 from allreduce.validation import (
@@ -345,12 +346,21 @@ class RayCluster(Cluster):
         with contextlib.suppress(Exception):
             if self._watches:
                 self._ray.wait(self._watches, num_returns=len(self._watches), timeout=_END_S)
+            self._reap_local()
             if self._pg is not None:
                 self._ray.util.remove_placement_group(self._pg)
         if self._owns_ray:
             with contextlib.suppress(Exception):
                 self._ray.shutdown()
         log.info("stopped Ray workers %s", self.pids)
+
+    def _reap_local(self) -> None:
+        """Waits until the processes of workers on this node have exited (Ray reports a death a
+        little before the process is gone)."""
+        here = [w.pid for w in self._workers if w.node_id == self._local_node and not _client_mode(self._ray)]
+        deadline = time.monotonic() + _END_S
+        while any(process_state(p) not in (None, "Z") for p in here) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def __repr__(self) -> str:
         req = self._request
