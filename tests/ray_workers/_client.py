@@ -26,7 +26,7 @@ import tensorflow as tf
 
 import allreduce
 from allreduce.cluster import WorkerError, ray_cluster
-from tests.multiworker._recording import Recorder, attempt, integer_valued, place, tensor_values
+from tests.multiworker._recording import Recorder, attempt, integer_valued, place
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ray_training.py"
 FAULTS = {"ray.kill": None, "SIGKILL": signal.SIGKILL, "SIGSTOP": signal.SIGSTOP}
@@ -88,7 +88,8 @@ def _fault(cluster, how: str, length: int) -> dict:
     tensors = [place(np.full([length], float(i + 1), np.float32), d) for i, d in enumerate(devices)]
     fn = tf.function(lambda *xs: allreduce.all_reduce(list(xs), "xring", devices=devices))
     expected = np.full([length], sum(range(1, len(devices) + 1)), np.float32)
-    record: dict = {"pids": cluster.pids, "first_ok": all(np.array_equal(t.numpy(), expected) for t in fn(*tensors))}
+    first_ok = all(np.array_equal(t.numpy(), expected) for t in fn(*tensors))
+    record: dict = {"pids": cluster.pids, "first_ok": first_ok}
     looping, hit = threading.Event(), {}
 
     def direct_loop() -> None:
@@ -149,7 +150,8 @@ def scenario_workers(args: dict, rec: Recorder) -> None:
         with ray_cluster(2, 1, unresponsive_s=unresponsive_s) as cluster:
             groups.append(cluster._pg.id.hex())
             rec.manifest[how] = _fault(cluster, how, args["fault_length"])
-    rec.manifest["alive_after_exit"] = [p for how in FAULTS for p in rec.manifest[how]["pids"] if not _gone(p)]
+    pids = [p for how in FAULTS for p in rec.manifest[how]["pids"]]
+    rec.manifest["alive_after_exit"] = [p for p in pids if not _gone(p)]
     table = ray.util.placement_group_table()
     rec.manifest["group_states"] = [table.get(g, {}).get("state") for g in groups]
     rec.manifest["ray_still_initialized"] = ray.is_initialized()

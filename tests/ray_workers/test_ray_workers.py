@@ -66,7 +66,10 @@ def test_cluster_names_its_devices_nodes_and_actors(workers):
         assert address.startswith(f"{ip}:")
 
 
-@pytest.mark.parametrize("case", ["eager pscpu/pscpu", "function pscpu/pscpu", "eager xring", "function xring"])
+CASES = ["eager pscpu/pscpu", "function pscpu/pscpu", "eager xring", "function xring"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_sums_on_every_device_equal_the_float64_oracle(workers, case):
     manifest, arrays, _ = workers
     entry = manifest["cases"][case]
@@ -99,7 +102,9 @@ def test_training_example_equals_exact_sgd(workers, run):
         ("SIGSTOP", "unresponsive", "has not answered a heartbeat", FREEZE_BOUND_S),
     ],
 )
-def test_fault_makes_run_raise_worker_error_naming_worker_node_and_reason(workers, how, reason, words, bound_s):
+def test_fault_makes_run_raise_worker_error_naming_worker_node_and_reason(
+    workers, how, reason, words, bound_s
+):
     record = workers[0][how]
     assert record["first_ok"], "the all-reduce before the fault gave a wrong sum"
     assert record["error"] == "WorkerError", record
@@ -138,4 +143,3 @@ def test_ray_joined_by_address_is_left_running(workers):
     # ray_cluster initialised Ray with address=...: it disconnects, the instance runs on.
     assert manifest["ray_left_initialized"] is False
     assert manifest["ray_still_initialized"] is True
-
