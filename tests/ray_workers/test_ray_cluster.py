@@ -1,0 +1,180 @@
+"""``ray_cluster`` without connecting this process: arguments, Ray missing, a placement
+group Ray cannot place, a worker that fails to start, and workers gone after their
+driver is killed with ``SIGKILL``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from allreduce.cluster import WorkerStartError, ray_cluster
+from tests.multiworker.conftest import ROOT, wait_gone
+
+from .conftest import RAY_CPUS
+
+ray = pytest.importorskip("ray")
+
+pytestmark = [pytest.mark.ray, pytest.mark.multiworker, pytest.mark.timeout(300)]
+
+#: The issue's bound: no server of a cluster whose driver was killed is left after 30 s.
+ORPHAN_BOUND_S = 30.0
+
+
+def _groups_left() -> list[str]:
+    return [g for g, info in ray.util.placement_group_table().items() if info["state"] != "REMOVED"]
+
+
+def _free_cpus_back(bound_s: float = 20.0) -> float:
+    deadline = time.monotonic() + bound_s
+    while ray.available_resources().get("CPU", 0) < RAY_CPUS and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return ray.available_resources().get("CPU", 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_workers": 0}, ValueError, "num_workers must be at least 1, got 0"),
+        ({"num_workers": 2.0}, TypeError, "num_workers must be an int, got float: 2.0"),
+        ({"devices_per_worker": 0}, ValueError, "devices_per_worker must be at least 1"),
+        ({"cpus_per_worker": "1"}, TypeError, "cpus_per_worker must be a number, got str: '1'"),
+        ({"cpus_per_worker": -1}, ValueError, "cpus_per_worker must be a non-negative finite number, got -1"),
+        ({"gpus_per_worker": 0.5}, TypeError, "gpus_per_worker must be an int, got float: 0.5"),
+        ({"cpus_per_worker": 0}, ValueError, "both 0"),
+        ({"placement_strategy": "pack"}, ValueError, "placement_strategy must be one of .*got 'pack'"),
+        ({"address": 6379}, TypeError, "address must be a Ray address str or None, got int: 6379"),
+        ({"address": "nowhere"}, ValueError, "address must be 'auto', .*got 'nowhere'"),
+        ({"runtime_env": ["pip"]}, TypeError, "runtime_env must be a dict or None, got list"),
+        ({"op_timeout_s": 0}, ValueError, "op_timeout_s must be a positive"),
+        ({"unresponsive_s": float("nan")}, ValueError, "unresponsive_s must be a positive"),
+        ({"start_timeout_s": "soon"}, TypeError, "start_timeout_s must be a number of seconds"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_starts(kwargs, error, match):
+    full = {"num_workers": 2, **kwargs}
+    env = {"env_vars": {"A": "1"}}
+    if "runtime_env" not in kwargs:
+        full["runtime_env"] = env
+    with pytest.raises(error, match=match), ray_cluster(**full):
+        pytest.fail("a cluster started with bad arguments")
+    assert env == {"env_vars": {"A": "1"}}
+
+
+def test_without_ray_the_module_imports_and_ray_cluster_names_the_extra():
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["ray"] = None  # as if Ray were not installed
+        import allreduce.cluster as cluster
+        assert "ray" not in [m for m in sys.modules if sys.modules[m] is not None]
+        try:
+            with cluster.ray_cluster(1):
+                pass
+        except ImportError as err:
+            print(err)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "pip install 'allreduce[ray]'" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "asked"),
+    [
+        ({"num_workers": 3, "cpus_per_worker": 4}, "3 workers x {4 CPU, 0 GPU} (12 CPU, 0 GPU in all"),
+        ({"num_workers": 1, "gpus_per_worker": 1}, "1 workers x {1 CPU, 1 GPU} (1 CPU, 1 GPU in all"),
+    ],
+)
+def test_placement_group_that_cannot_be_placed_names_asked_and_available(ray_address, kwargs, asked):
+    with pytest.raises(WorkerStartError) as info, ray_cluster(**kwargs, start_timeout_s=1.0):
+        pytest.fail("the cluster started")
+    message = str(info.value)
+    assert asked in message
+    assert f"the Ray cluster has {RAY_CPUS} CPU, 0 GPU" in message
+    assert (info.value.task, info.value.reason) == (None, "start failed")
+    assert _groups_left() == []
+    assert ray.is_initialized()  # a Ray the caller started stays
+
+
+def test_worker_that_cannot_start_sends_its_error_to_the_driver(ray_address, tmp_path):
+    broken = tmp_path / "tensorflow"
+    broken.mkdir()
+    (broken / "__init__.py").write_text('raise RuntimeError("tensorflow is broken on this node")\n')
+    env = {"env_vars": {"PYTHONPATH": f"{tmp_path}:{ROOT / 'src'}"}}
+    with pytest.raises(WorkerStartError, match=r"worker \d .* could not start") as info, ray_cluster(
+        2, runtime_env=env, start_timeout_s=120
+    ):
+        pytest.fail("the cluster started")
+    assert "tensorflow is broken on this node" in str(info.value)
+    assert "tensorflow is broken on this node" in info.value.stderr
+    assert info.value.reason == "start failed" and info.value.task in (0, 1)
+    assert _groups_left() == []
+    assert _free_cpus_back() == RAY_CPUS  # the actors are gone
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from allreduce.cluster import ray_cluster
+    address = sys.argv[1] if len(sys.argv) > 1 else None
+    with ray_cluster(1, 1, address=address, start_timeout_s=120) as cluster:
+        print(" ".join(map(str, cluster.pids)), flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.fixture(scope="module")
+def holders(ray_address):
+    """Two drivers holding a 1-worker cluster: one joined to this process's Ray, one with its own."""
+    started = {
+        "joined": subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, ray_address], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        ),
+        "own Ray": subprocess.Popen([sys.executable, "-c", _HOLDER], cwd=ROOT, stdout=subprocess.PIPE, text=True),
+    }
+    yield started
+    for holder in started.values():
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+@pytest.mark.parametrize("which", ["joined", "own Ray"])
+def test_no_server_outlives_a_driver_killed_with_sigkill(holders, which):
+    holder = holders[which]
+    line = holder.stdout.readline()
+    assert line, f"the {which} holder did not start its cluster"
+    servers = [int(p) for p in line.split()]
+    # With its own Ray, everything the driver started (GCS, raylet, the actors) must end.
+    processes = _descendants(holder.pid) if which == "own Ray" else servers
+    assert set(servers) <= set(processes) and not wait_gone(processes, 0) == []
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=30)
+    assert wait_gone(processes, ORPHAN_BOUND_S) == [], f"left running after the {which} driver was killed"
