@@ -29,8 +29,6 @@ import math
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -39,7 +37,7 @@ from typing import Any, NamedTuple
 from allreduce import _connection
 from allreduce._cluster_base import Cluster
 from allreduce._cluster_errors import WorkerError, WorkerStartError
-from allreduce._supervisor import process_state
+from allreduce._supervisor import Reaper, descendants, process_state
 from allreduce._watchdog import NetworkProbe, Watchdog
 from allreduce._worker import JOB_NAME, die_with_parent
 from allreduce.validation import (
@@ -149,39 +147,6 @@ class _ServerActor:
         self._ended.wait()
 
 
-#: Run beside a driver that started its own Ray: if the driver dies (its pipe closes without
-#: ``done``), kills the Ray processes it was given that are left. Ray's agents, children of
-#: the raylet, outlive a killed raylet, waiting on the GCS that died with it.
-_REAPER = """
-import os, signal, sys
-if sys.stdin.buffer.read() != b"done":
-    for pid in map(int, sys.argv[1:]):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"ray" in f.read():
-                    os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-"""
-
-
-def _ray_processes() -> list[int]:
-    """This process's descendants whose command line names Ray (Linux; elsewhere none)."""
-    children: dict[int, list[int]] = {}
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc"):
-            with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{name}/stat") as f:
-                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(name))
-    found, todo = [], [os.getpid()]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            todo.append(child)
-            with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline", "rb") as f:
-                if b"ray" in f.read():
-                    found.append(child)
-    return found
-
-
 def _signal_process(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
@@ -241,7 +206,7 @@ class RayCluster(Cluster):
         op_timeout_s, unresponsive_s, start_timeout_s = timeouts
         self._ray, self._request, self._owns_ray = ray, request, owns_ray
         self._pg: Any = None
-        self._reaper: subprocess.Popen | None = None
+        self._reaper: Reaper | None = None
         self.actors: list[Any] = []
         self._watches: list[Any] = []
         self._workers: list[_Worker] = []
@@ -295,8 +260,8 @@ class RayCluster(Cluster):
         self._gather([a.start.remote(spec, req.devices, req.gpus) for a in self.actors], deadline, timeout_s)
         self._watches = [a.watch.remote() for a in self.actors]
         if self._owns_ray:
-            command = [sys.executable, "-c", _REAPER, *map(str, _ray_processes())]
-            self._reaper = subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
+            # Ray's agents outlive a killed raylet (they wait on the GCS that died with it).
+            self._reaper = Reaper(descendants(b"ray"))
         log.info("started %d Ray workers at %s", req.workers, ", ".join(self.addresses))
 
     def _gather(self, refs: list[Any], deadline: float, timeout_s: float) -> list[Any]:
@@ -392,8 +357,7 @@ class RayCluster(Cluster):
             with contextlib.suppress(Exception):
                 self._ray.shutdown()
         if self._reaper is not None:  # Ray ended in order: the reaper has nothing to do
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                self._reaper.communicate(b"done", timeout=_END_S)
+            self._reaper.dismiss()
         log.info("stopped Ray workers %s", self.pids)
 
     def _reap_local(self) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from allreduce.cluster import WorkerStartError, ray_cluster
-from tests.multiworker.conftest import ROOT, wait_gone
+from tests.multiworker.conftest import ROOT, process_gone, wait_gone
 
 from .conftest import RAY_CPUS
 
@@ -110,8 +110,9 @@ def test_worker_that_cannot_start_sends_its_error_to_the_driver(ray_address, tmp
     broken.mkdir()
     (broken / "__init__.py").write_text('raise RuntimeError("tensorflow is broken on this node")\n')
     env = {"env_vars": {"PYTHONPATH": f"{tmp_path}:{ROOT / 'src'}"}}
-    with pytest.raises(WorkerStartError, match=r"worker \d .* could not start") as info, ray_cluster(
-        2, runtime_env=env, start_timeout_s=120
+    with (
+        pytest.raises(WorkerStartError, match=r"worker \d .* could not start") as info,
+        ray_cluster(2, runtime_env=env, start_timeout_s=120),
     ):
         pytest.fail("the cluster started")
     assert "tensorflow is broken on this node" in str(info.value)
@@ -157,7 +158,9 @@ def holders(ray_address):
         "joined": subprocess.Popen(
             [sys.executable, "-c", _HOLDER, ray_address], cwd=ROOT, stdout=subprocess.PIPE, text=True
         ),
-        "own Ray": subprocess.Popen([sys.executable, "-c", _HOLDER], cwd=ROOT, stdout=subprocess.PIPE, text=True),
+        "own Ray": subprocess.Popen(
+            [sys.executable, "-c", _HOLDER], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        ),
     }
     yield started
     for holder in started.values():
@@ -174,7 +177,8 @@ def test_no_server_outlives_a_driver_killed_with_sigkill(holders, which):
     servers = [int(p) for p in line.split()]
     # With its own Ray, everything the driver started (GCS, raylet, the actors) must end.
     processes = _descendants(holder.pid) if which == "own Ray" else servers
-    assert set(servers) <= set(processes) and not wait_gone(processes, 0) == []
+    assert set(servers) <= set(processes)
+    assert not any(process_gone(p) for p in servers)
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(timeout=30)
     assert wait_gone(processes, ORPHAN_BOUND_S) == [], f"left running after the {which} driver was killed"
