@@ -98,6 +98,14 @@ def _fault_child(how: str) -> None:
             print(json.dumps({"how": how, "seconds": time.monotonic() - hit["at"], "reason": err.reason}))
 
 
+def _read_json(child: subprocess.Popen):
+    """The child's next JSON line (Ray also prints its own messages to a driver's stdout)."""
+    for line in child.stdout:
+        if line.startswith(("{", "[")):
+            return json.loads(line)
+    raise RuntimeError(f"a measuring process ended early (status {child.wait()})")
+
+
 def _spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, __file__, *args],
@@ -119,14 +127,14 @@ def main() -> None:
     children = {}
     for backend in ("local", "ray"):  # one after the other, so that each start-up is timed alone
         child = children[backend] = _spawn("--child", backend, str(args.mib), args.specs)
-        print(f"{backend}: started in {json.loads(child.stdout.readline())['startup_s']:.1f} s", flush=True)
+        print(f"{backend}: started in {_read_json(child)['startup_s']:.1f} s", flush=True)
     times: dict = {}
     for _ in range(args.rounds):
         for spec in args.specs.split(","):
             for backend, child in children.items():
                 child.stdin.write(f"{spec} {args.batch}\n")
                 child.stdin.flush()
-                times.setdefault((spec, backend), []).extend(json.loads(child.stdout.readline()))
+                times.setdefault((spec, backend), []).extend(_read_json(child))
     for child in children.values():
         child.stdin.close()
         child.wait()
@@ -137,7 +145,7 @@ def main() -> None:
     if args.faults:
         for how in ("ray.kill", "SIGKILL", "SIGSTOP"):
             child = _spawn("--fault", how)
-            print(child.stdout.readline().strip(), flush=True)
+            print(_read_json(child), flush=True)
             child.wait()
 
 

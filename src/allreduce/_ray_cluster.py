@@ -129,6 +129,10 @@ class _ServerActor:
     def start(self, cluster: dict[str, list[str]], cpus: int, gpus: int) -> None:
         """Starts this task's server with ``cpus`` logical CPUs, or with its ``gpus`` GPUs."""
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # Ray starts workers at niceness 15: on a busy node the server would get the CPU last.
+        # Linux keeps a niceness per thread; the server's threads inherit this one's.
+        with contextlib.suppress(OSError):  # lowering it may need a privilege
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
         from allreduce._tf import tf
 
         count = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": cpus}
@@ -394,7 +398,12 @@ def _init_ray(ray: Any, address: str | None, req: _Request) -> bool:
         return False
     if address is None:
         log.info("starting a local Ray instance with %d CPUs", math.ceil(req.workers * req.cpus))
-        ray.init(address="local", num_cpus=math.ceil(req.workers * req.cpus), include_dashboard=False)
+        ray.init(
+            address="local",
+            num_cpus=math.ceil(req.workers * req.cpus),
+            include_dashboard=False,
+            _system_config={"worker_niceness": 0},  # see _ServerActor.start
+        )
     else:
         ray.init(address=address)
     return True
