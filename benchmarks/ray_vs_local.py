@@ -57,7 +57,7 @@ def _child(backend: str, mib: int, specs: list[str]) -> None:
             steps[spec] = tf.function(witness, autograph=False)
             got = [float(np.asarray(v)[0]) for v in cluster.run(steps[spec])]
             assert got == [10.0] * 4, got
-        print(json.dumps({"startup_s": startup}), flush=True)
+        print(_MARK + json.dumps({"startup_s": startup}), flush=True)
         for line in sys.stdin:
             spec, count = line.split()
             times = []
@@ -66,7 +66,7 @@ def _child(backend: str, mib: int, specs: list[str]) -> None:
                 for value in cluster.run(steps[spec]):
                     np.asarray(value)
                 times.append(time.perf_counter() - t0)
-            print(json.dumps(times), flush=True)
+            print(_MARK + json.dumps(times), flush=True)
 
 
 def _fault_child(how: str) -> None:
@@ -95,14 +95,18 @@ def _fault_child(how: str) -> None:
             while True:
                 cluster.run(fn)
         except WorkerError as err:
-            print(json.dumps({"how": how, "seconds": time.monotonic() - hit["at"], "reason": err.reason}))
+            seconds = time.monotonic() - hit["at"]
+            print(_MARK + json.dumps({"how": how, "seconds": seconds, "reason": err.reason}), flush=True)
+
+
+_MARK = "RESULT "
 
 
 def _read_json(child: subprocess.Popen):
     """The child's next JSON line (Ray also prints its own messages to a driver's stdout)."""
     for line in child.stdout:
-        if line.startswith(("{", "[")):
-            return json.loads(line)
+        if _MARK in line:  # Ray's messages may share the line
+            return json.JSONDecoder().raw_decode(line, line.index(_MARK) + len(_MARK))[0]
     raise RuntimeError(f"a measuring process ended early (status {child.wait()})")
 
 
