@@ -60,11 +60,7 @@ _REASON_CHARS = 400
 
 
 def import_ray() -> Any:
-    """The ``ray`` module.
-
-    Raises:
-        ImportError: Ray is not installed; the message names the ``ray`` extra.
-    """
+    """The ``ray`` module; ``ImportError`` naming the ``ray`` extra without it."""
     try:
         import ray
     except ImportError as err:
@@ -274,9 +270,8 @@ class RayCluster(Cluster):
             try:
                 found.append(ray.get(ref, timeout=max(0.0, deadline - time.monotonic())))
             except ray.exceptions.GetTimeoutError:
-                raise WorkerStartError(
-                    f"{name} was not ready after {timeout_s:g} s", task=task, reason="start failed"
-                ) from None
+                late = f"{name} was not ready after {timeout_s:g} s"
+                raise WorkerStartError(late, task=task, reason="start failed") from None
             except ray.exceptions.RayError as err:
                 text = str(err)
                 raise WorkerStartError(
@@ -307,9 +302,8 @@ class RayCluster(Cluster):
             self._ray.kill(self.actors[task], no_restart=True)
 
     def kill(self, task: int, sig: int | None = None) -> None:
-        """Ends worker ``task`` with ``ray.kill`` (default) or sends its process ``sig``, e.g. to test faults.
-
-        With ``ray.kill``, ``SIGKILL`` or ``SIGTERM`` it waits until Ray reports the actor dead.
+        """Ends worker ``task`` with ``ray.kill`` (default) or sends its process ``sig``, e.g. to
+        test faults; with ``ray.kill``, ``SIGKILL`` or ``SIGTERM``, until Ray reports it dead.
 
         Raises:
             ValueError: no such task.
@@ -427,14 +421,11 @@ def ray_cluster(
 
     Each worker is an actor in its own bundle (``cpus_per_worker`` CPUs,
     ``gpus_per_worker`` GPUs) of one placement group (``placement_strategy``), serving
-    ``/job:worker/task:N`` with ``devices_per_worker`` logical CPUs, or with the GPUs Ray
-    gave it. With ``address=None`` and Ray not initialised, a local Ray instance sized
-    for the request is started and shut down on exit; a Ray the caller initialised, or
-    one at ``address`` (``"auto"``, ``"ray://..."``, ``host:port``), is left running.
-    Leaving the block, by any path, kills the actors and removes the placement group.
-
-    Yields:
-        The :class:`RayCluster`.
+    ``/job:worker/task:N`` with ``devices_per_worker`` logical CPUs, or the GPUs Ray gave
+    it. With ``address=None`` and Ray not initialised, a local Ray sized for the request
+    is started and shut down on exit; a Ray the caller initialised, or one at ``address``
+    (``"auto"``, ``"ray://..."``, ``host:port``), is left running. Leaving the block, by
+    any path, kills the actors and removes the placement group. Yields the :class:`RayCluster`.
 
     Raises:
         TypeError, ValueError: a bad argument, naming it, before anything starts.
