@@ -74,9 +74,13 @@ def _training(cluster, args: dict, rec: Recorder) -> None:
     batches = [(np.array(x, np.float64), np.array(y, np.float64)) for x, y in args["batches"]]
     initial = [np.array(w, np.float64) for w in args["initial"]]
     history = example.train(cluster, batches, initial, "pscpu/pscpu", lr=args["lr"])
+    devices = [d for worker in cluster.devices for d in worker]
+    pipelines = example.worker_pipelines(devices, batches)
+    pipeline_devices = [p._iterator_resource.device for p in pipelines]
     reference = example.train_single_device(batches, initial, lr=args["lr"])
     rec.manifest["training"] = {
         "replicas_identical": history.replicas_identical,
+        "pipeline_devices": pipeline_devices,
         "weights": [rec.array(w) for w in history.weights],
         "reference": [rec.array(w) for w in reference],
     }

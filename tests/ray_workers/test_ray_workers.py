@@ -89,6 +89,8 @@ def test_training_example_equals_exact_sgd(workers, run):
     manifest, arrays, exact = workers
     training = manifest["training"]
     assert training["replicas_identical"] == [True] * STEPS
+    # Each device's input pipeline lives on its worker.
+    assert training["pipeline_devices"] == [d for w in manifest["devices"] for d in w]
     got = [_fractions(arrays[key]) for key in training[run]]
     for name, value, expected in zip(["w1", "b1", "w2", "b2"], got, exact):
         assert value == expected, f"{run} {name}: {value} != {expected}"
