@@ -8,7 +8,9 @@ It writes ``OUT_DIR/result.json`` and ``OUT_DIR/arrays.npz`` like the multi-work
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -67,10 +69,15 @@ def _sums(cluster, rec: Recorder, rng: np.random.Generator, length: int) -> None
         rec.case(f"function {spec}", traced)
 
 
-def _training(cluster, args: dict, rec: Recorder) -> None:
+def _example():
     spec = importlib.util.spec_from_file_location("ray_training", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
+    return example
+
+
+def _training(cluster, args: dict, rec: Recorder) -> None:
+    example = _example()
     batches = [(np.array(x, np.float64), np.array(y, np.float64)) for x, y in args["batches"]]
     initial = [np.array(w, np.float64) for w in args["initial"]]
     history = example.train(cluster, batches, initial, "pscpu/pscpu", lr=args["lr"])
@@ -156,6 +163,10 @@ def scenario_workers(args: dict, rec: Recorder) -> None:
             rec.manifest[how] = _fault(cluster, how, args["fault_length"])
     pids = [p for how in FAULTS for p in rec.manifest[how]["pids"]]
     rec.manifest["alive_after_exit"] = [p for p in pids if not _gone(p)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the example's command line, on the same Ray
+        _example().main(["--address", args["address"], "--steps", "4"])
+    rec.manifest["cli_output"] = out.getvalue()
     table = ray.util.placement_group_table()
     rec.manifest["group_states"] = [table.get(g, {}).get("state") for g in groups]
     rec.manifest["ray_still_initialized"] = ray.is_initialized()

@@ -3,8 +3,8 @@ every device, the training example against exact SGD, and a worker ended by ``ra
 killed (``SIGKILL``) or frozen (``SIGSTOP``) under ``run`` and under direct calls.
 
 One client runs it all (each Ray cluster start imports TensorFlow in fresh actors):
-sums and training on a 2x2 cluster that ``ray.kill`` then ends, and one 2x1 cluster per
-other fault.
+sums and training on a 2x2 cluster that ``ray.kill`` then ends, one 2x1 cluster per
+other fault, then the example's command line.
 """
 
 from __future__ import annotations
@@ -145,3 +145,10 @@ def test_ray_joined_by_address_is_left_running(workers):
     # ray_cluster initialised Ray with address=...: it disconnects, the instance runs on.
     assert manifest["ray_left_initialized"] is False
     assert manifest["ray_still_initialized"] is True
+
+
+def test_example_command_line_trains_on_ray(workers):
+    output = workers[0]["cli_output"]
+    assert "4 replicas on 2 Ray workers" in output
+    assert "replicas bitwise identical after every step: True" in output
+    assert "4 steps in" in output
