@@ -103,7 +103,7 @@ class _Worker(NamedTuple):
         return f"worker {self.task} ({prefix}, {where})"
 
 
-class _ServerActor:
+class _ServerActor:  # pragma: no cover - runs in the Ray actor processes
     """One worker inside its Ray actor process (two threads: calls, and :meth:`watch`)."""
 
     def __init__(self, task: int) -> None:
