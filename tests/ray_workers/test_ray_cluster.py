@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray")
 
 pytestmark = [pytest.mark.ray, pytest.mark.multiworker, pytest.mark.timeout(300)]
 
-#: The issue's bound: no server of a cluster whose driver was killed is left after 30 s.
+#: The documented bound: no server of a cluster whose driver was killed is left after 30 s.
 ORPHAN_BOUND_S = 30.0
 
 

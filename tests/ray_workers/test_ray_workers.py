@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.multiworker, pytest.mark.timeout(400)
 LENGTH = 1 << 16
 FAULT_LENGTH = 1 << 18  # float32 elements per device: 1 MiB
 UNRESPONSIVE_S = 2.0
-#: The issue's bounds: a death within 5 s with the default settings, a freeze within unresponsive_s + 2 s.
+#: The documented bounds: a death within 5 s with the default settings, a freeze within unresponsive_s + 2 s.
 DEATH_BOUND_S = 5.0
 FREEZE_BOUND_S = UNRESPONSIVE_S + 2.0
 #: A direct call on a failed worker must fail, not hang (a hang bound, not a speed bound).
