@@ -43,9 +43,9 @@ def _coverage_prefix() -> list[str]:
     ]
 
 
-def _client_command(scenario: str, args: dict, out_dir: Path) -> list[str]:
+def _client_command(scenario: str, args: dict, out_dir: Path, client: Path = CLIENT) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [sys.executable, *_coverage_prefix(), str(CLIENT), scenario, json.dumps(args), str(out_dir)]
+    return [sys.executable, *_coverage_prefix(), str(client), scenario, json.dumps(args), str(out_dir)]
 
 
 def _client_env() -> dict[str, str]:
@@ -64,13 +64,15 @@ def _read_result(scenario: str, out_dir: Path, returncode: int, stderr: str) -> 
     return manifest, arrays
 
 
-def run_client(scenario: str, args: dict, out_dir: Path, timeout_s: float) -> tuple[dict, dict]:
-    """Runs one client scenario; returns its manifest and its arrays.
+def run_client(
+    scenario: str, args: dict, out_dir: Path, timeout_s: float, client: Path = CLIENT
+) -> tuple[dict, dict]:
+    """Runs one scenario of ``client`` (a script like ``_client.py``); returns its manifest and arrays.
 
     Fails the test (with the client's output) if the client does not finish in
     ``timeout_s`` seconds, dies (a crash shows as a negative status), or writes no result.
     """
-    command = _client_command(scenario, args, out_dir)
+    command = _client_command(scenario, args, out_dir, client)
     try:
         done = subprocess.run(
             command, cwd=ROOT, env=_client_env(), capture_output=True, text=True, timeout=timeout_s

@@ -33,10 +33,16 @@ NOT_RUNNABLE = {
     ("multiworker.md", '"host0:2222"'): "connects to servers on other hosts",
 }
 #: Python blocks that start worker processes.
-MULTIWORKER = {("multiworker.md", "local_cluster(")}
+MULTIWORKER = {("multiworker.md", "local_cluster("), ("multiworker.md", "ray_cluster(")}
 
 #: The shortest text that may not appear in two documents.
 MIN_SHARED_CHARS = 200
+
+
+def _has_ray() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
 
 
 def _why_not_run(block: Block) -> str | None:
@@ -53,9 +59,10 @@ def _runnable() -> list:
             if block.excerpt_of or _why_not_run(block):
                 continue
             multi = any(block.path.name == n and line in block.code for n, line in MULTIWORKER)
-            params.append(
-                pytest.param(block, id=block.name, marks=[pytest.mark.multiworker] if multi else [])
-            )
+            marks = [pytest.mark.multiworker] if multi else []
+            if "ray_cluster(" in block.code:  # needs the ray extra
+                marks += [pytest.mark.ray, pytest.mark.skipif(not _has_ray(), reason="ray is not installed")]
+            params.append(pytest.param(block, id=block.name, marks=marks))
     return params
 
 

@@ -1,7 +1,8 @@
 """Multi-worker clusters: local worker processes, or servers elsewhere, behind one interface.
 
 :func:`local_cluster` starts ``workers`` ``tf.distribute.Server`` processes on
-``127.0.0.1``; :func:`connect` joins servers that run elsewhere (``allreduce-worker``).
+``127.0.0.1``; :func:`ray_cluster` starts them as Ray actors (the ``ray`` extra, imported
+only when used); :func:`connect` joins servers that run elsewhere (``allreduce-worker``).
 Either connects the calling process and yields a cluster whose devices the same
 all-reduce code uses::
 
@@ -29,7 +30,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from allreduce.cluster import connection as _connection
 from allreduce.cluster.base import Cluster
@@ -40,16 +41,21 @@ from allreduce.cluster.watchdog import NetworkProbe, ProcessProbe, Watchdog
 from allreduce.cluster.worker import JOB_NAME
 from allreduce.core.validation import check_bool, check_int, check_ports, check_seconds
 
+if TYPE_CHECKING:  # loaded on first use by __getattr__, with Ray
+    from allreduce.cluster.ray_backend import RayCluster, ray_cluster
+
 __all__ = [
     "DEFAULT_OP_TIMEOUT_S",
     "DEFAULT_UNRESPONSIVE_S",
     "Cluster",
     "LocalCluster",
+    "RayCluster",
     "RemoteCluster",
     "WorkerError",
     "WorkerStartError",
     "connect",
     "local_cluster",
+    "ray_cluster",
 ]
 
 log = logging.getLogger(__name__)
@@ -167,6 +173,15 @@ class RemoteCluster(Cluster):
 
     def __repr__(self) -> str:
         return f"RemoteCluster(job {self._job!r}, {self._state()}, {self._jobs[self._job]})"
+
+
+def __getattr__(name: str) -> Any:
+    """:func:`ray_cluster` and :class:`RayCluster`, loaded on first use (PEP 562)."""
+    if name in ("ray_cluster", "RayCluster"):
+        from allreduce.cluster import ray_backend as _ray_cluster
+
+        return getattr(_ray_cluster, name)
+    raise AttributeError(f"module 'allreduce.cluster' has no attribute {name!r}")
 
 
 def _check_not_connected() -> None:

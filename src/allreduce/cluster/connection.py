@@ -24,7 +24,16 @@ from collections.abc import Mapping, Sequence
 from allreduce.cluster.supervisor import LOOPBACK, free_ports
 from allreduce.core.runtime_hooks import context_changed
 
-__all__ = ["CLIENT_JOB", "attach", "claim", "client_address", "detach", "owner", "release"]
+__all__ = [
+    "CLIENT_JOB",
+    "attach",
+    "claim",
+    "client_address",
+    "client_address_on",
+    "detach",
+    "owner",
+    "release",
+]
 
 log = logging.getLogger("allreduce.cluster")
 
@@ -102,6 +111,11 @@ def client_address(workers: Sequence[str], requested: str | None) -> str:
             f"add {{{CLIENT_JOB!r}: ['HOST:PORT']}} to the cluster spec"
         )
     return _client if _client is not None else f"{LOOPBACK}:{free_ports(1)[0]}"
+
+
+def client_address_on(host: str) -> str:
+    """``host:PORT`` with the port this process serves at, or a free one before its first connection."""
+    return f"{host}:{_port(_client) if _client is not None else free_ports(1)[0]}"
 
 
 def _server_def(jobs: Mapping[str, Sequence[str]], leader_job: str | None):

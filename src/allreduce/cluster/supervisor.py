@@ -25,7 +25,7 @@ from allreduce.cluster.threads import daemon_thread
 from allreduce.cluster.worker import JOB_NAME
 from allreduce.core.validation import check_int
 
-__all__ = ["LOOPBACK", "Supervisor", "WorkerProcess", "free_ports"]
+__all__ = ["LOOPBACK", "Reaper", "Supervisor", "WorkerProcess", "descendants", "free_ports"]
 
 log = logging.getLogger("allreduce.cluster")
 
@@ -70,6 +70,51 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with status {code}"
+
+
+def descendants(word: bytes) -> list[int]:
+    """This process's descendants whose command line contains ``word`` (Linux; elsewhere none)."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{name}/stat") as f:
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(name))
+    found, todo = [], [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline", "rb") as f:
+                if word in f.read():
+                    found.append(child)
+    return found
+
+
+#: Kills the given processes (those whose command line still names Ray) once its pipe
+#: closes without ``done``: when the process that started it died.
+_REAPER = """
+import os, signal, sys
+if sys.stdin.buffer.read() != b"done":
+    for pid in map(int, sys.argv[1:]):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"ray" in f.read():
+                    os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+class Reaper:
+    """A child process that kills ``pids`` if this process dies before :meth:`dismiss`."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        command = [sys.executable, "-c", _REAPER, *map(str, pids)]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
+
+    def dismiss(self) -> None:
+        """Lets the reaper exit without killing anything."""
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            self._process.communicate(b"done", timeout=_REAP_S)
 
 
 class WorkerProcess:

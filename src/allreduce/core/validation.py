@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,10 @@ __all__ = [
     "check_dtype",
     "check_reduction",
     "check_int",
+    "check_optional",
     "check_ports",
+    "check_ray_address",
+    "check_ray_resources",
     "check_seconds",
     "check_sequence",
     "check_tensor_list",
@@ -98,6 +102,51 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {_describe(value)}")
     return value
+
+
+def check_optional(name: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """``value`` if it is ``None`` or an instance of ``kind``.
+
+    Raises:
+        TypeError: ``value`` is neither; the message says it should be ``what``.
+    """
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{name} must be {what} or None, got {_describe(value)[:200]}")
+    return value
+
+
+_RAY_ADDRESS = re.compile(r"(auto|ray://\S+|\S+:\d+)")
+
+
+def check_ray_address(address: Any) -> str | None:
+    """``address`` if it is ``None``, ``"auto"``, ``"ray://HOST:PORT"`` or ``"HOST:PORT"``.
+
+    Raises:
+        TypeError: ``address`` is not a str.
+        ValueError: it is none of those forms.
+    """
+    check_optional("address", address, str, "a Ray address str")
+    if address is not None and not _RAY_ADDRESS.fullmatch(address):
+        raise ValueError(f"address must be 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got {address!r}")
+    return address
+
+
+def check_ray_resources(cpus: Any, gpus: Any) -> tuple[float, int]:
+    """``(cpus, gpus)`` of one Ray worker: CPUs a non-negative number, GPUs a
+    non-negative int, not both zero.
+
+    Raises:
+        TypeError: ``cpus`` is not a number or ``gpus`` not an int.
+        ValueError: either is negative or not finite, or both are zero.
+    """
+    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)):
+        raise TypeError(f"cpus_per_worker must be a number, got {_describe(cpus)}")
+    if not math.isfinite(cpus) or cpus < 0:
+        raise ValueError(f"cpus_per_worker must be a non-negative finite number, got {cpus!r}")
+    check_int("gpus_per_worker", gpus, minimum=0)
+    if cpus == 0 and gpus == 0:
+        raise ValueError("cpus_per_worker and gpus_per_worker are both 0: a worker must ask for something")
+    return cpus, gpus
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:

@@ -1,0 +1,461 @@
+"""Workers as Ray actors: :func:`ray_cluster` and :class:`RayCluster`.
+
+One placement group holds one bundle per worker; one actor per bundle starts a
+``tf.distribute.Server`` for ``/job:worker/task:N`` on its node's IP and a free port of
+that node. The calling process is the Ray driver and joins the servers as job
+``localhost``; above that, a :class:`RayCluster` is a :class:`allreduce.cluster.Cluster`
+like any other.
+
+Health comes from two sides, both read by the cluster's
+:class:`allreduce.cluster.watchdog.Watchdog`: every actor holds one call that returns only when
+the actor ends, so Ray's death notice (with Ray's reason) arrives as soon as Ray knows;
+and a :class:`allreduce.cluster.watchdog.NetworkProbe` heartbeat to each server finds a worker
+that froze or whose node dropped off. A frozen worker is fenced: its process gets
+``SIGKILL`` (directly on this node, through a zero-CPU task pinned to its node
+elsewhere) and its actor ``ray.kill``.
+
+When the driver dies, Ray kills its job's actors; a local Ray it started dies with it
+(``PR_SET_PDEATHSIG``), and each actor asks the kernel for ``SIGKILL`` when its raylet
+dies, which reaches it even while stopped. Ray is imported only by :func:`ray_cluster`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from allreduce.cluster import connection as _connection
+from allreduce.cluster.base import Cluster
+from allreduce.cluster.errors import WorkerError, WorkerStartError
+from allreduce.cluster.supervisor import Reaper, descendants, process_state
+from allreduce.cluster.watchdog import NetworkProbe, Watchdog
+from allreduce.cluster.worker import JOB_NAME, die_with_parent
+from allreduce.core.validation import (
+    check_choice,
+    check_int,
+    check_optional,
+    check_ray_address,
+    check_ray_resources,
+    check_seconds,
+)
+
+__all__ = ["PLACEMENT_STRATEGIES", "RayCluster", "RayNode", "import_ray", "ray_cluster"]
+
+log = logging.getLogger("allreduce.cluster")
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+DEFAULT_START_TIMEOUT_S = 60.0
+#: How long a TensorFlow error waits for Ray to name the worker behind it.
+_GRACE_S = 2.0
+_END_S = 10.0
+_REASON_CHARS = 400
+
+
+def import_ray() -> Any:
+    """The ``ray`` module; ``ImportError`` naming the ``ray`` extra without it."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError(
+            "ray_cluster needs Ray, which is not installed: pip install 'allreduce[ray]'"
+        ) from err
+    return ray
+
+
+class RayNode(NamedTuple):
+    """Where a worker runs: Ray's node id and the node's IP."""
+
+    node_id: str
+    ip: str
+
+
+class _Request(NamedTuple):
+    workers: int
+    devices: int
+    cpus: float
+    gpus: int
+    strategy: str
+    runtime_env: Mapping[str, Any] | None
+
+
+class _Worker(NamedTuple):
+    task: int
+    node_id: str
+    ip: str
+    pid: int
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+    def describe(self) -> str:
+        prefix = f"/job:{JOB_NAME}/replica:0/task:{self.task}"
+        where = f"node {self.node_id[:12]} at {self.ip}, pid {self.pid}, {self.address}"
+        return f"worker {self.task} ({prefix}, {where})"
+
+
+class _ServerActor:  # pragma: no cover - runs in the Ray actor processes
+    """One worker inside its Ray actor process (two threads: calls, and :meth:`watch`)."""
+
+    def __init__(self, task: int) -> None:
+        die_with_parent(os.getppid())  # the raylet; SIGKILL reaches this process even while stopped
+        self._task = task
+        self._server: Any = None
+        self._ended = threading.Event()
+
+    def reserve(self) -> dict[str, Any]:
+        """The node, the pid, and a port free on this node now."""
+        import ray
+
+        with socket.socket() as probe:
+            probe.bind(("", 0))  # TensorFlow binds every interface
+            port = probe.getsockname()[1]
+        node = ray.get_runtime_context().get_node_id()
+        return {"node_id": node, "ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "port": port}
+
+    def start(self, cluster: dict[str, list[str]], cpus: int, gpus: int) -> None:
+        """Starts this task's server with ``cpus`` logical CPUs, or with its ``gpus`` GPUs."""
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # Ray starts workers at niceness 15: on a busy node the server would get the CPU last.
+        # Linux keeps a niceness per thread; the server's threads inherit this one's.
+        with contextlib.suppress(OSError):  # lowering it may need a privilege
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+        from allreduce.core._tf import tf
+
+        count = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": cpus}
+        self._server = tf.distribute.Server(
+            tf.train.ClusterSpec(cluster),
+            job_name=JOB_NAME,
+            task_index=self._task,
+            config=tf.compat.v1.ConfigProto(device_count=count),
+            start=True,
+        )
+
+    def watch(self) -> None:
+        """Returns only once the actor ends: its failure is the driver's death notice."""
+        self._ended.wait()
+
+
+def _signal_process(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def ray_reason(err: BaseException) -> str:
+    """Ray's own words for why an actor died, on one line."""
+    text = str(err)
+    start = text.find("The actor is dead because")
+    reason = " ".join((text[start:] if start >= 0 else text).split())
+    return reason if len(reason) <= _REASON_CHARS else reason[: _REASON_CHARS - 3] + "..."
+
+
+class ActorProbe:
+    """A worker's actor: Ray reports it dead, or its server's heartbeat is silent."""
+
+    def __init__(self, cluster: RayCluster, worker: _Worker, unresponsive_s: float) -> None:
+        self.task = worker.task
+        self._cluster = cluster
+        self._worker = worker
+        self._network = NetworkProbe(worker.task, JOB_NAME, worker.address, unresponsive_s)
+
+    def fault(self) -> tuple[str, str] | None:
+        ray, watch = self._cluster._ray, self._cluster._watches[self.task]
+        done, _ = ray.wait([watch], timeout=0)
+        if done:
+            try:
+                ray.get(watch, timeout=0)
+                return "exited", "ended"
+            except Exception as err:
+                return "exited", f"died: {ray_reason(err)}"
+        return self._network.fault()
+
+    def fence(self) -> bool:
+        self._cluster._end(self.task)
+        return True
+
+    def error(self, reason: str, description: str) -> WorkerError:
+        return WorkerError(f"{self._worker.describe()} {description}", task=self.task, reason=reason)
+
+    def close(self) -> None:
+        self._network.close()
+
+
+class RayCluster(Cluster):
+    """Workers as Ray actors, made by :func:`ray_cluster`.
+
+    Attributes:
+        devices: one list of full device names per worker (its logical CPUs, or its GPUs).
+        pids: each worker's process id, as its actor reports it (on its own node).
+        nodes: each worker's :class:`RayNode`.
+        actors: each worker's Ray actor handle.
+        addresses: ``ip:port`` of each worker's server.
+    """
+
+    def __init__(self, ray: Any, request: _Request, timeouts: Sequence[float], owns_ray: bool) -> None:
+        op_timeout_s, unresponsive_s, start_timeout_s = timeouts
+        self._ray, self._request, self._owns_ray = ray, request, owns_ray
+        self._pg: Any = None
+        self._reaper: Reaper | None = None
+        self.actors: list[Any] = []
+        self._watches: list[Any] = []
+        self._workers: list[_Worker] = []
+        self._local_node = ray.get_runtime_context().get_node_id()
+        try:
+            self._start(start_timeout_s)
+        except BaseException:  # Ctrl-C while starting too: nothing is left behind
+            self._release()
+            raise
+        super().__init__({JOB_NAME: self.addresses}, JOB_NAME, op_timeout_s, unresponsive_s)
+        probes = [ActorProbe(self, w, unresponsive_s) for w in self._workers]
+        self._watch(Watchdog(probes, grace_s=_GRACE_S, name="allreduce-watchdog"))
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.pid for w in self._workers]
+
+    @property
+    def nodes(self) -> list[RayNode]:
+        return [RayNode(w.node_id, w.ip) for w in self._workers]
+
+    @property
+    def addresses(self) -> list[str]:
+        return [w.address for w in self._workers]
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    def _start(self, timeout_s: float) -> None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        ray, req = self._ray, self._request
+        deadline = time.monotonic() + timeout_s
+        bundle = {k: v for k, v in (("CPU", req.cpus), ("GPU", req.gpus)) if v}
+        self._pg = ray.util.placement_group([dict(bundle) for _ in range(req.workers)], strategy=req.strategy)
+        if not ray.wait([self._pg.ready()], timeout=timeout_s)[0]:
+            raise WorkerStartError(_not_placed(ray, req, bundle, timeout_s), task=None, reason="start failed")
+        actor = ray.remote(_ServerActor)
+        for i in range(req.workers):
+            options: dict[str, Any] = {"num_cpus": req.cpus, "num_gpus": req.gpus, "max_concurrency": 2}
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                self._pg, placement_group_bundle_index=i
+            )
+            if req.runtime_env is not None:
+                options["runtime_env"] = dict(req.runtime_env)
+            self.actors.append(actor.options(**options).remote(i))
+        found = self._gather([a.reserve.remote() for a in self.actors], deadline, timeout_s)
+        self._workers = [_Worker(i, **info) for i, info in enumerate(found)]
+        spec = {JOB_NAME: self.addresses}
+        self._gather([a.start.remote(spec, req.devices, req.gpus) for a in self.actors], deadline, timeout_s)
+        self._watches = [a.watch.remote() for a in self.actors]
+        if self._owns_ray:
+            # Ray's agents outlive a killed raylet (they wait on the GCS that died with it).
+            self._reaper = Reaper(descendants(b"ray"))
+        log.info("started %d Ray workers at %s", req.workers, ", ".join(self.addresses))
+
+    def _gather(self, refs: list[Any], deadline: float, timeout_s: float) -> list[Any]:
+        """Each worker's answer; a :class:`WorkerStartError` naming the first that failed or is late."""
+        ray, found = self._ray, []
+        for task, ref in enumerate(refs):
+            name = self._workers[task].describe() if self._workers else f"worker {task}"
+            try:
+                found.append(ray.get(ref, timeout=max(0.0, deadline - time.monotonic())))
+            except ray.exceptions.GetTimeoutError:
+                late = f"{name} was not ready after {timeout_s:g} s"
+                raise WorkerStartError(late, task=task, reason="start failed") from None
+            except ray.exceptions.RayError as err:
+                text = str(err)
+                raise WorkerStartError(
+                    f"{name} could not start: {text}", task=task, reason="start failed", stderr=text
+                ) from err
+        return found
+
+    def _signal(self, task: int, sig: int) -> Any:
+        """Sends ``sig`` to the worker's process: here, or by a task on its node (returned)."""
+        worker = self._workers[task]
+        if worker.node_id == self._local_node and not _client_mode(self._ray):
+            _signal_process(worker.pid, sig)
+            return None
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        where = NodeAffinitySchedulingStrategy(worker.node_id, soft=False)
+        return (
+            self._ray.remote(_signal_process)
+            .options(num_cpus=0, scheduling_strategy=where)
+            .remote(worker.pid, sig)
+        )
+
+    def _end(self, task: int) -> None:
+        """Kills worker ``task``'s process (``ray.kill`` alone takes 5 s on a stopped one) and actor."""
+        with contextlib.suppress(Exception):  # Ray may already be down (interpreter exit)
+            if task < len(self._workers):
+                self._signal(task, signal.SIGKILL)
+            self._ray.kill(self.actors[task], no_restart=True)
+
+    def kill(self, task: int, sig: int | None = None) -> None:
+        """Ends worker ``task`` with ``ray.kill`` (default) or sends its process ``sig``, e.g. to
+        test faults; with ``ray.kill``, ``SIGKILL`` or ``SIGTERM``, until Ray reports it dead.
+
+        Raises:
+            ValueError: no such task.
+        """
+        if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < self.workers:
+            raise ValueError(f"task must be 0..{self.workers - 1}, got {task!r}")
+        if sig is None:
+            self._ray.kill(self.actors[task], no_restart=True)
+        else:
+            sent = self._signal(task, sig)
+            if sent is not None:
+                self._ray.get(sent, timeout=_END_S)
+        if sig in (None, signal.SIGKILL, signal.SIGTERM):
+            self._ray.wait([self._watches[task]], timeout=_END_S)
+
+    def _connect(self, address: str, timeout_s: float) -> None:
+        super()._connect(address, timeout_s)
+        kind = "GPU" if self._request.gpus else "CPU"
+        wanted = self._request.gpus or self._request.devices
+        self._devices = [[d for d in worker if f"/device:{kind}:" in d] for worker in self._devices]
+        for task, worker in enumerate(self._devices):
+            if len(worker) != wanted:
+                raise WorkerError(
+                    f"connected, but {self._workers[task].describe()} shows {len(worker)} {kind} devices, "
+                    f"not {wanted}",
+                    task=task,
+                    reason="start failed",
+                )
+
+    def _fence_all(self) -> None:
+        for task in range(len(self.actors)):
+            self._end(task)
+
+    def _release(self) -> None:
+        self._fence_all()
+        with contextlib.suppress(Exception):
+            if self._watches:
+                self._ray.wait(self._watches, num_returns=len(self._watches), timeout=_END_S)
+            self._reap_local()
+            if self._pg is not None:
+                self._ray.util.remove_placement_group(self._pg)
+        if self._owns_ray:
+            with contextlib.suppress(Exception):
+                self._ray.shutdown()
+        if self._reaper is not None:  # Ray ended in order: the reaper has nothing to do
+            self._reaper.dismiss()
+        log.info("stopped Ray workers %s", self.pids)
+
+    def _reap_local(self) -> None:
+        """Waits until the processes of workers on this node have exited (Ray reports a death a
+        little before the process is gone)."""
+        here = [w.pid for w in self._workers if w.node_id == self._local_node and not _client_mode(self._ray)]
+        deadline = time.monotonic() + _END_S
+        while any(process_state(p) not in (None, "Z") for p in here) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def __repr__(self) -> str:
+        req = self._request
+        kind = f"{req.gpus} GPUs" if req.gpus else f"{req.devices} CPUs"
+        state = self._state() if hasattr(self, "_closed") else "starting"
+        return f"RayCluster({req.workers} workers x {kind}, {state}, {self.addresses})"
+
+
+def _client_mode(ray: Any) -> bool:
+    with contextlib.suppress(Exception):
+        return bool(ray.util.client.ray.is_connected())
+    return False
+
+
+def _amounts(resources: Mapping[str, float]) -> str:
+    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
+
+
+def _not_placed(ray: Any, req: _Request, bundle: dict[str, float], timeout_s: float) -> str:
+    asked = {k: v * req.workers for k, v in bundle.items()}
+    return (
+        f"Ray could not place {req.workers} workers x {{{_amounts(bundle)}}} ({_amounts(asked)} in all, "
+        f"strategy {req.strategy}) within {timeout_s:g} s: the Ray cluster has "
+        f"{_amounts(ray.cluster_resources())}, {_amounts(ray.available_resources())} of it free"
+    )
+
+
+def _init_ray(ray: Any, address: str | None, req: _Request) -> bool:
+    """Initialises Ray unless the caller has; whether :func:`ray_cluster` must shut it down."""
+    if ray.is_initialized():
+        return False
+    if address is None:
+        log.info("starting a local Ray instance with %d CPUs", math.ceil(req.workers * req.cpus))
+        ray.init(
+            address="local",
+            num_cpus=math.ceil(req.workers * req.cpus),
+            include_dashboard=False,
+            _system_config={"worker_niceness": 0},  # see _ServerActor.start
+        )
+    else:
+        ray.init(address=address)
+    return True
+
+
+@contextlib.contextmanager
+def ray_cluster(
+    num_workers: int,
+    devices_per_worker: int = 1,
+    *,
+    cpus_per_worker: float = 1,
+    gpus_per_worker: int = 0,
+    placement_strategy: str = "PACK",
+    address: str | None = None,
+    runtime_env: Mapping[str, Any] | None = None,
+    op_timeout_s: float = 30.0,
+    unresponsive_s: float = 5.0,
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+) -> Iterator[RayCluster]:
+    """Starts ``num_workers`` TensorFlow servers as Ray actors and connects this process.
+
+    Each worker is an actor in its own bundle (``cpus_per_worker`` CPUs,
+    ``gpus_per_worker`` GPUs) of one placement group (``placement_strategy``), serving
+    ``/job:worker/task:N`` with ``devices_per_worker`` logical CPUs, or the GPUs Ray gave
+    it. With ``address=None`` and Ray not initialised, a local Ray sized for the request
+    is started and shut down on exit; a Ray the caller initialised, or one at ``address``
+    (``"auto"``, ``"ray://..."``, ``host:port``), is left running. Leaving the block, by
+    any path, kills the actors and removes the placement group. Yields the :class:`RayCluster`.
+
+    Raises:
+        TypeError, ValueError: a bad argument, naming it, before anything starts.
+        ImportError: Ray is not installed.
+        WorkerStartError: the placement group was not ready within ``start_timeout_s``
+            (naming what was asked and what the cluster has), or a worker failed to
+            start (with its error text).
+        WorkerError: a worker failed while connecting.
+        RuntimeError: this process is already connected to another cluster.
+    """
+    check_int("num_workers", num_workers, minimum=1)
+    check_int("devices_per_worker", devices_per_worker, minimum=1)
+    cpus, gpus = check_ray_resources(cpus_per_worker, gpus_per_worker)
+    check_choice("placement_strategy", placement_strategy, PLACEMENT_STRATEGIES)
+    check_ray_address(address)
+    check_optional("runtime_env", runtime_env, Mapping, "a dict")
+    timeouts = [
+        check_seconds("op_timeout_s", op_timeout_s, allow_zero=False),
+        check_seconds("unresponsive_s", unresponsive_s, allow_zero=False),
+        check_seconds("start_timeout_s", start_timeout_s, allow_zero=False),
+    ]
+    ray = import_ray()
+    if _connection.owner() is not None:
+        raise RuntimeError(f"this process is already connected to {_connection.owner()!r}; close it first")
+    request = _Request(num_workers, devices_per_worker, cpus, gpus, placement_strategy, runtime_env)
+    owns = _init_ray(ray, address, request)
+    cluster = RayCluster(ray, request, timeouts, owns)
+    try:
+        client = _connection.client_address_on(ray.util.get_node_ip_address())
+        cluster._connect(client, timeouts[2])
+        yield cluster
+    finally:
+        cluster.close()
