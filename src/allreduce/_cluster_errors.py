@@ -25,8 +25,16 @@ class WorkerError(RuntimeError):
         self.reason = reason
         self.stderr = stderr
 
+    def __reduce__(self) -> tuple:
+        # Picklable, so that an error raised in a worker process reaches its launcher.
+        return _rebuild, (type(self), str(self), self.task, self.reason, self.stderr)
+
 
 class WorkerStartError(WorkerError):
     """A worker process could not start; the message ends with its error output."""
 
     __module__ = "allreduce.cluster"
+
+
+def _rebuild(cls: type[WorkerError], message: str, task: int | None, reason: str, stderr: str) -> WorkerError:
+    return cls(message, task=task, reason=reason, stderr=stderr)

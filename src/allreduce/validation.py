@@ -27,6 +27,8 @@ __all__ = [
     "check_int",
     "check_seconds",
     "check_sequence",
+    "check_spmd_cluster",
+    "check_spmd_spec",
     "check_tensor_list",
     "check_towers",
     "check_worker_groups",
@@ -362,3 +364,63 @@ def check_devices_exist(devices: Sequence[str]) -> None:
         f"device {missing[0]!r} does not exist: TensorFlow's logical devices are {listed} "
         "(split a CPU with allreduce.logical_devices, or connect to a cluster first)"
     )
+
+
+#: The jobs of a ``TF_CONFIG`` cluster whose tasks are SPMD workers, in rank order.
+SPMD_JOBS = ("chief", "worker")
+
+
+def check_spmd_cluster(config: Any) -> tuple[list[tuple[str, int, str]], int]:
+    """The workers of a ``TF_CONFIG``-style mapping (``{"cluster": {job: [address, ...]},
+    "task": {"type": job, "index": i}}``) as ``(job, index, address)`` in rank order
+    (``chief`` tasks first, then ``worker``), and this task's rank.
+
+    Raises:
+        TypeError: ``config`` or one of its parts has the wrong type.
+        ValueError: no workers, another job (``ps``, ``evaluator``), or a task that is
+            not in the cluster.
+    """
+    if not isinstance(config, dict):
+        raise TypeError(
+            f"a cluster must be a TF_CONFIG dict or a ClusterResolver, got {_describe(config)[:200]}"
+        )
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ValueError(f"TF_CONFIG needs a 'cluster' and a 'task' mapping, got {config!r}")
+    others = sorted(set(cluster) - set(SPMD_JOBS))
+    if others:
+        raise ValueError(f"SPMD runs on 'chief' and 'worker' tasks only; the cluster also has {others}")
+    workers = []
+    for job in SPMD_JOBS:
+        addresses = check_sequence(f"TF_CONFIG cluster[{job!r}]", cluster.get(job, []), "addresses")
+        workers += [(job, i, str(a)) for i, a in enumerate(addresses)]
+    if not workers:
+        raise ValueError(f"TF_CONFIG's cluster lists no 'chief' or 'worker' task: {cluster!r}")
+    job, index = task.get("type"), task.get("index")
+    ranks = {(w[0], w[1]): r for r, w in enumerate(workers)}
+    if (job, index) not in ranks:
+        raise ValueError(f"TF_CONFIG's task {task!r} is not a task of the cluster {cluster!r}")
+    return workers, ranks[job, index]
+
+
+def check_spmd_spec(specs: Sequence[Any], capable: Sequence[str]) -> None:
+    """Checks that the across-workers level of every range of a parsed spec is one of
+    ``capable`` (a flat name is its own across-workers level).
+
+    Raises:
+        ValueError: a range whose algorithm has no SPMD form, named with the choices.
+    """
+    from allreduce.registry import get_algorithm
+
+    for spec in specs:
+        info = get_algorithm(spec.alg)
+        upper = info.levels[1] if info.levels else info.name
+        if upper not in capable:
+            raise ValueError(
+                f"spec {spec.alg!r}: {upper!r} cannot run across workers in SPMD mode; "
+                f"use one of {', '.join(capable)} (or A/B with one of them as B)"
+            )
+        if spec.compression is not None:
+            raise ValueError(
+                f"spec {spec.alg!r}: compression ({spec.compression!r}) is not supported in SPMD mode"
+            )

@@ -1,0 +1,56 @@
+"""One worker process of :func:`allreduce.spmd.launch`.
+
+Run as ``python -m allreduce.spmd._child FOLDER TASK DEVICES PARENT_PID`` with
+``TF_CONFIG`` set: it dies with its parent, splits its CPU into ``DEVICES`` logical
+devices, runs the pickled function ``FOLDER/fn.pkl`` and writes ``("ok", value)`` or
+``("error", (exception, traceback))`` to ``FOLDER/result-TASK.pkl``. After a result it
+waits to be killed: its server may still be needed by the other workers (TensorFlow
+resolves collective groups through the first worker) until every worker is done.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+
+def _write(path: Path, outcome: tuple) -> None:
+    try:
+        data = pickle.dumps(outcome)
+        pickle.loads(data)
+    except Exception as err:  # an unpicklable value or exception: send its text
+        kind, detail = outcome
+        text = detail[1] if kind == "error" else repr(detail)
+        data = pickle.dumps(("error", (RuntimeError(f"unpicklable {kind} result: {err}"), text)))
+    partial = path.with_suffix(".part")
+    partial.write_bytes(data)
+    partial.rename(path)
+
+
+def main(argv: list[str]) -> int:  # pragma: no cover - runs in the worker processes
+    folder, task, devices, parent = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
+    from allreduce._worker import die_with_parent
+
+    die_with_parent(parent)
+    result = folder / f"result-{task}.pkl"
+    try:
+        from allreduce.spmd.runtime import start
+
+        start(devices_per_worker=devices)
+        fn = pickle.loads((folder / "fn.pkl").read_bytes())
+        _write(result, ("ok", fn()))
+    except BaseException as err:  # every failure reaches the parent, with its traceback
+        _write(result, ("error", (err, traceback.format_exc())))
+        sys.stderr.flush()
+        os._exit(1)
+    sys.stdout.flush()
+    while True:  # until the parent kills it, or dies (die_with_parent)
+        signal.pause()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))
