@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from allreduce._tf import tf
-from allreduce.algorithms.base import BuildContext, concat_1d, graph_cached, reduce_to_one, split_1d
+from allreduce.algorithms.base import (
+    BuildContext,
+    concat_1d,
+    constant_on,
+    graph_cached,
+    reduce_to_one,
+    split_1d,
+)
 from allreduce.plan import Bucket
 from allreduce.registry import get_algorithm
 from allreduce.spmd import keys
@@ -92,10 +99,11 @@ class _Store:
         self.pieces[start] = (stop, value)
 
 
-def _key_args(options: SpmdOptions, first_slot: int, slot: int, src: int, dst: int) -> dict:
+def _key_args(options: SpmdOptions, first_slot: int, slot: int, src: int, dst: int, device: str) -> dict:
+    # Sizes and group keys recur: one constant each per graph (instance keys do not).
     return {
-        "group_size": 2,
-        "group_key": keys.pair_group_key(src, dst),
+        "group_size": constant_on(2, device),
+        "group_key": constant_on(keys.pair_group_key(src, dst), device),
         "instance_key": keys.instance_key(options.channel, first_slot + slot, src, dst),
         "timeout_seconds": float(options.timeout_s),
     }
@@ -114,14 +122,14 @@ def run_program(
         for action in prog.actions:
             if isinstance(action, Send):
                 piece = store.get(action.start, action.stop)
-                args = _key_args(options, first_slot, action.slot, me, action.peer)
+                args = _key_args(options, first_slot, action.slot, me, action.peer, device)
                 sends.append(
                     tf.raw_ops.CollectiveBcastSendV2(input=piece, name=f"send_to_task_{action.peer}", **args)
                 )
             elif isinstance(action, Recv):
-                args = _key_args(options, first_slot, action.slot, action.peer, me)
+                args = _key_args(options, first_slot, action.slot, action.peer, me, device)
                 got = tf.raw_ops.CollectiveBcastRecvV2(
-                    shape=[action.stop - action.start],
+                    shape=constant_on((action.stop - action.start,), device),
                     T=value.dtype,
                     name=f"recv_from_task_{action.peer}",
                     **args,
