@@ -3,8 +3,9 @@ turned into pairwise ``CollectiveBcastSendV2`` / ``CollectiveBcastRecvV2`` ops.
 
 The worker's local devices are reduced first with the spec's lower level (the
 one-client builders, :func:`allreduce.algorithms.base.reduce_to_one`), its sum is
-all-reduced across workers on the device the lower level left it on, and the result is
-copied to the local devices. ``collective`` across workers is one ``CollectiveReduceV2``
+all-reduced across workers on the worker's first device (TensorFlow fixes a
+group's devices, so every exchange of a pair must run on the same two devices), and
+the result is copied to the local devices. ``collective`` across workers is one ``CollectiveReduceV2``
 per device. Every collective op carries ``timeout_seconds`` and is named after its peer
 (``send_to_task_3``), so that a failure names the worker it waited for.
 """
@@ -190,6 +191,11 @@ def _reduce_flat(
         return collective(flat, devices, _slots.reserve(options.channel, 1), options), []
     ctx = BuildContext(info=get_algorithm(lower), tensor_index=bucket.index)
     total, where = reduce_to_one(flat, devices, ctx) if len(flat) > 1 else (flat[0], devices[0])
+    if where != devices[0]:
+        # A pair group is a fixed pair of devices: every exchange of a worker runs on its
+        # first device, whichever device the lower level left the sum on.
+        with tf.device(devices[0]):
+            total, where = tf.identity(total), devices[0]
     sends: list[tf.Operation] = []
     if options.num_workers > 1:
         if upper == "collective":
