@@ -8,7 +8,8 @@ The pure planning layer (:mod:`allreduce.spec`, :mod:`allreduce.devices`,
 neither a graph nor TensorFlow: ``import allreduce.spec`` works where TensorFlow is not
 installed. The public names below are loaded on first use; a name that needs TensorFlow
 raises an ``ImportError`` with install advice when TensorFlow is missing.
-:mod:`allreduce.algorithms` holds one module per algorithm.
+:mod:`allreduce.algorithms` holds one module per algorithm; :mod:`allreduce.spmd` is the
+mode in which every worker builds only its own part (``allreduce.spmd.all_reduce``).
 """
 
 from __future__ import annotations
@@ -51,11 +52,16 @@ _EXPORTS = {
     "tune": "allreduce.tuning",
 }
 
-__all__ = sorted(_EXPORTS)
+#: Subpackages loaded on first use (none of them imports TensorFlow when loaded).
+_SUBPACKAGES = ("spmd",)
+
+__all__ = sorted([*_EXPORTS, *_SUBPACKAGES])
 
 
 def __getattr__(name: str) -> Any:
     """Loads a public name from its module on first use (PEP 562)."""
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"allreduce.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'allreduce' has no attribute {name!r}")
@@ -65,4 +71,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBPACKAGES))
