@@ -31,6 +31,21 @@ def _write(path: Path, outcome: tuple) -> None:
     partial.rename(path)
 
 
+def _load_main() -> None:
+    """Loads the launching script as ``__main__`` (as ``__mp_main__``, so that its
+    ``if __name__ == "__main__"`` block does not run), for functions pickled from it."""
+    path = os.environ.get("ALLREDUCE_SPMD_MAIN")
+    if not path:
+        return
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("__mp_main__", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["__mp_main__"] = module
+    spec.loader.exec_module(module)
+    sys.modules["__main__"] = module
+
+
 def main(argv: list[str]) -> int:  # pragma: no cover - runs in the worker processes
     folder, task, devices, parent = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
     from allreduce._worker import die_with_parent
@@ -41,6 +56,7 @@ def main(argv: list[str]) -> int:  # pragma: no cover - runs in the worker proce
         from allreduce.spmd.runtime import start
 
         start(devices_per_worker=devices)
+        _load_main()
         fn = pickle.loads((folder / "fn.pkl").read_bytes())
         _write(result, ("ok", fn()))
     except BaseException as err:  # every failure reaches the parent, with its traceback

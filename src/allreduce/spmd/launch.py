@@ -30,6 +30,8 @@ __all__ = ["BACKENDS", "launch"]
 
 log = logging.getLogger("allreduce.spmd")
 
+#: Names the script whose functions a worker must find as ``__main__``.
+MAIN_ENV = "ALLREDUCE_SPMD_MAIN"
 #: The ways :func:`launch` can start workers.
 BACKENDS = ("local",)
 _POLL_S = 0.05
@@ -70,6 +72,12 @@ class _Child:
             os.environ, TF_CONFIG=json.dumps(config), PYTHONPATH=os.pathsep.join(p for p in sys.path if p)
         )
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        script = sys.modules.get("__main__")
+        main = getattr(script, "__file__", None)
+        if main and getattr(script, "__spec__", None) is None and os.path.exists(main):
+            # A function of the script being run pickles as "__main__.fn": the worker
+            # loads the script as its __main__ too (without running its main block).
+            env[MAIN_ENV] = os.path.abspath(main)
         command = [sys.executable, "-m", "allreduce.spmd._child", str(folder), str(task), str(devices)]
         command.append(str(os.getpid()))
         self.process = subprocess.Popen(
