@@ -165,3 +165,31 @@ def test_importing_the_package_does_not_import_tensorflow():
     code = "import sys, allreduce, allreduce.spmd; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_programs_refuse_unknown_algorithms_and_tasks():
+    with pytest.raises(ValueError, match="no SPMD program"):
+        program("simple", 4, 0, 10, 4)
+    with pytest.raises(ValueError, match="task 4 is not one of the 4 workers"):
+        program("xring", 4, 4, 10, 4)
+    with pytest.raises(ValueError, match="slot"):
+        keys.instance_key(0, keys.SLOTS_PER_CHANNEL, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("actions", "match"),
+    [
+        ([[Send(1, 0, 2, 0)], []], "nobody received"),
+        ([[Recv(1, 0, 2, 0, "add")], []], "deadlock"),
+        ([[Send(1, 0, 2, 0), Send(1, 0, 2, 0)], []], "two sends"),
+        ([[Send(1, 0, 2, 0)], [Recv(0, 0, 1, 0, "set")]], "size mismatch"),
+    ],
+)
+def test_the_simulation_finds_programs_that_do_not_match_up(monkeypatch, actions, match):
+    from allreduce.spmd import programs
+
+    monkeypatch.setattr(
+        programs, "program", lambda alg, n, me, *rest: programs.Program((), tuple(actions[me]), 1)
+    )
+    with pytest.raises(RuntimeError, match=match):
+        simulate("xring", [[1, 2], [3, 4]])

@@ -76,11 +76,6 @@ class Program(NamedTuple):
     actions: tuple[Action, ...]
     slots: int
 
-    @property
-    def peers(self) -> tuple[int, ...]:
-        """The tasks this worker exchanges with, sorted."""
-        return tuple(sorted({a.peer for a in self.actions if not isinstance(a, SumCollected)}))
-
 
 def _bounds(start: int, sizes: list[int]) -> list[tuple[int, int]]:
     out = []
