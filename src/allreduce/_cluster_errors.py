@@ -12,7 +12,8 @@ class WorkerError(RuntimeError):
         task: the worker's task index, or ``None`` when no single worker is to blame
             (the call timed out while every worker still answered).
         reason: ``"exited"``, ``"stopped"``, ``"unresponsive"``, ``"unreachable"``,
-            ``"timeout"`` or ``"start failed"``.
+            ``"timeout"``, ``"start failed"``, or ``"raised"`` (the function
+            :func:`allreduce.spmd.launch` ran on it raised).
         stderr: the end of the worker's error output (empty for workers this process
             did not start).
     """
