@@ -15,7 +15,7 @@ Modules: :mod:`~allreduce.spmd.keys` and :mod:`~allreduce.spmd.programs` (pure: 
 collective keys and each worker's steps, from :mod:`allreduce.schedules`),
 :mod:`~allreduce.spmd.emit` (the ops), :mod:`~allreduce.spmd.runtime` (the cluster and
 TensorFlow's collective runtime), :mod:`~allreduce.spmd.api` (the entry points) and
-:mod:`~allreduce.spmd.launch` (local worker processes).
+:mod:`~allreduce.spmd.launcher` (local worker processes).
 
 This package may use the planning modules (``spec``, ``devices``, ``schedules``,
 ``registry``, ``ranges``, ``plan``), the graph layer (``algorithms``, ``_eager``, ``_tf``),
@@ -33,7 +33,7 @@ _EXPORTS = {
     "CAPABLE": "allreduce.spmd.api",
     "all_reduce": "allreduce.spmd.api",
     "batch_all_reduce": "allreduce.spmd.api",
-    "launch": "allreduce.spmd.launch",
+    "launch": "allreduce.spmd.launcher",
     "Worker": "allreduce.spmd.runtime",
     "resolve": "allreduce.spmd.runtime",
     "start": "allreduce.spmd.runtime",

@@ -4,12 +4,13 @@ Run as ``python -m allreduce.spmd._child FOLDER TASK DEVICES PARENT_PID`` with
 ``TF_CONFIG`` set: it dies with its parent, splits its CPU into ``DEVICES`` logical
 devices, runs the pickled function ``FOLDER/fn.pkl`` and writes ``("ok", value)`` or
 ``("error", (exception, traceback))`` to ``FOLDER/result-TASK.pkl``. After a result it
-waits to be killed: its server may still be needed by the other workers (TensorFlow
+waits for ``SIGTERM``: its server may still be needed by the other workers (TensorFlow
 resolves collective groups through the first worker) until every worker is done.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import signal
@@ -46,11 +47,31 @@ def _load_main() -> None:
     sys.modules["__main__"] = module
 
 
+def _exit(code: int) -> None:
+    """Saves a running coverage measurement (the test suite measures workers), runs the
+    exit handlers, then leaves at once: TensorFlow's server threads have no clean
+    shutdown to wait for."""
+    coverage = sys.modules.get("coverage")
+    current = coverage.Coverage.current() if coverage is not None else None
+    if current is not None:
+        current.stop()
+        current.save()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
+def _leave(signum: int, frame: object) -> None:
+    """On ``SIGTERM``: leaves (see :func:`_exit`)."""
+    del signum, frame
+    _exit(0)
+
+
 def main(argv: list[str]) -> int:  # pragma: no cover - runs in the worker processes
     folder, task, devices, parent = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
     from allreduce._worker import die_with_parent
 
     die_with_parent(parent)
+    signal.signal(signal.SIGTERM, _leave)
     result = folder / f"result-{task}.pkl"
     try:
         from allreduce.spmd.runtime import start
@@ -62,9 +83,9 @@ def main(argv: list[str]) -> int:  # pragma: no cover - runs in the worker proce
     except BaseException as err:  # every failure reaches the parent, with its traceback
         _write(result, ("error", (err, traceback.format_exc())))
         sys.stderr.flush()
-        os._exit(1)
+        _exit(1)
     sys.stdout.flush()
-    while True:  # until the parent kills it, or dies (die_with_parent)
+    while True:  # until the parent stops it, or dies (die_with_parent)
         signal.pause()
 
 

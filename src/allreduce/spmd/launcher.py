@@ -30,6 +30,10 @@ __all__ = ["BACKENDS", "launch"]
 
 log = logging.getLogger("allreduce.spmd")
 
+#: How a worker's interpreter is started (the test suite adds ``-m coverage run ...``).
+PYTHON = [sys.executable]
+#: Seconds a worker has to leave after ``SIGTERM`` before it is killed.
+_STOP_S = 5.0
 #: Names the script whose functions a worker must find as ``__main__``.
 MAIN_ENV = "ALLREDUCE_SPMD_MAIN"
 #: The ways :func:`launch` can start workers.
@@ -78,7 +82,7 @@ class _Child:
             # A function of the script being run pickles as "__main__.fn": the worker
             # loads the script as its __main__ too (without running its main block).
             env[MAIN_ENV] = os.path.abspath(main)
-        command = [sys.executable, "-m", "allreduce.spmd._child", str(folder), str(task), str(devices)]
+        command = [*PYTHON, "-m", "allreduce.spmd._child", str(folder), str(task), str(devices)]
         command.append(str(os.getpid()))
         self.process = subprocess.Popen(
             command,
@@ -105,10 +109,18 @@ class _Child:
             return None
         return "exited", f"{describe_exit(code)} without a result; its output ends:\n{self.tail()}"
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Asks the worker to leave (it runs its exit handlers first)."""
         if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        """Waits briefly for the worker to leave, kills it if it does not, and reaps it."""
+        try:
+            self.process.wait(timeout=_STOP_S)
+        except subprocess.TimeoutExpired:
             self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
+            self.process.wait()
         self.stderr.close()
 
 
@@ -181,5 +193,7 @@ def launch(
             log.info("launched %d workers at %s", num_workers, ", ".join(addresses))
             return _wait(children, timeout_s)
         finally:
+            for child in children:
+                child.stop()
             for child in children:
                 child.close()
