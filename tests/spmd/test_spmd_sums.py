@@ -77,3 +77,36 @@ def test_a_worker_error_reaches_the_launcher_with_its_index():
     assert info.value.reason == "raised"
     assert "boom in worker" in str(info.value)
     assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_with_tf_config_already_set_launch_runs_fn_here_only():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from allreduce._supervisor import free_ports
+
+    root = Path(__file__).resolve().parents[2]
+    config = {
+        "cluster": {"worker": [f"127.0.0.1:{free_ports(1)[0]}"]},
+        "task": {"type": "worker", "index": 0},
+    }
+    code = (
+        "import functools\n"
+        "from allreduce import spmd\n"
+        "from tests.spmd import _scenarios\n"
+        "try:\n"
+        "    spmd.launch(print, 2)\n"
+        "except ValueError as err:\n"
+        "    print('refused:', err)\n"
+        "print(spmd.launch(functools.partial(_scenarios.fails, 'never raised on worker 0'), 1))\n"
+    )
+    env = dict(os.environ, TF_CONFIG=json.dumps(config), PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=root
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "refused: num_workers is 2 but TF_CONFIG names 1 workers" in done.stdout
+    assert done.stdout.strip().endswith("[0]")
