@@ -217,16 +217,45 @@ def program(
     )
 
 
+def _step(action: Action, w: int, held: list, collected: list, pending: dict) -> bool:
+    """Runs one action of worker ``w`` in :func:`simulate`; ``False`` if it must wait."""
+    if isinstance(action, Send):
+        key = (w, action.peer, action.slot)
+        if key in pending:
+            raise RuntimeError(f"two sends with one key {key}")
+        pending[key] = held[w][action.start : action.stop]
+        return True
+    a, b = action.start, action.stop
+    if isinstance(action, SumCollected):
+        parts = {**collected[w], w: held[w][a:b]}
+        held[w][a:b] = [sum(col) for col in zip(*(parts[q] for q in sorted(parts)))]
+        return True
+    key = (action.peer, w, action.slot)
+    if key not in pending:
+        return False
+    value = pending.pop(key)
+    if len(value) != b - a:
+        raise RuntimeError(f"size mismatch at {key}")
+    if action.mode == "add":
+        held[w][a:b] = [x + y for x, y in zip(value, held[w][a:b])]
+    elif action.mode == "set":
+        held[w][a:b] = value
+    else:
+        collected[w][action.peer] = value
+    return True
+
+
 def simulate(
     alg: str, inputs: list[list[float]], itemsize: int = 4, shards: int = 1, index: int = 0
 ) -> list[list[float]]:
     """Runs every worker's program on plain lists (``inputs[w]`` is worker ``w``'s
     vector) and returns each worker's result: a check of the programs without a graph.
 
-    Exchanges are matched by ``(src, dst, slot)``; a missing or repeated partner raises.
+    Exchanges are matched by ``(src, dst, slot)``.
 
     Raises:
-        RuntimeError: the programs do not match up (a send nobody receives, or a deadlock).
+        RuntimeError: the programs do not match up (a send nobody receives, two sends
+            with one key, sizes that differ, or a deadlock).
     """
     n, length = len(inputs), len(inputs[0])
     programs = [program(alg, n, w, length, itemsize, shards, index) for w in range(n)]
@@ -237,31 +266,8 @@ def simulate(
     while any(position[w] < len(programs[w].actions) for w in range(n)):
         progressed = False
         for w in range(n):
-            while position[w] < len(programs[w].actions):
-                action = programs[w].actions[position[w]]
-                if isinstance(action, Send):
-                    key = (w, action.peer, action.slot)
-                    if key in pending:
-                        raise RuntimeError(f"two sends with one key {key}")
-                    pending[key] = held[w][action.start : action.stop]
-                elif isinstance(action, Recv):
-                    key = (action.peer, w, action.slot)
-                    if key not in pending:
-                        break
-                    value = pending.pop(key)
-                    if len(value) != action.stop - action.start:
-                        raise RuntimeError(f"size mismatch at {key}")
-                    a, b = action.start, action.stop
-                    if action.mode == "add":
-                        held[w][a:b] = [x + y for x, y in zip(value, held[w][a:b])]
-                    elif action.mode == "set":
-                        held[w][a:b] = value
-                    else:
-                        collected[w][action.peer] = value
-                else:
-                    a, b = action.start, action.stop
-                    parts = {**collected[w], w: held[w][a:b]}
-                    held[w][a:b] = [sum(col) for col in zip(*(parts[q] for q in sorted(parts)))]
+            actions = programs[w].actions
+            while position[w] < len(actions) and _step(actions[position[w]], w, held, collected, pending):
                 position[w] += 1
                 progressed = True
         if not progressed:
