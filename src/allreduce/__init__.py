@@ -19,6 +19,9 @@ imports run one way, top to bottom (``lint-imports`` checks it):
   the cost formulas (no TensorFlow: it imports where TensorFlow is not installed);
 - :mod:`allreduce.core`: argument checks and the tables every layer reads.
 
+:mod:`allreduce.spmd` is the mode in which every worker builds only its own part
+(``allreduce.spmd.all_reduce``), beside the entry points.
+
 The public names below are loaded on first use; a name that needs TensorFlow raises an
 ``ImportError`` with install advice when TensorFlow is missing.
 """
@@ -63,11 +66,16 @@ _EXPORTS = {
     "tune": "allreduce.tuning",
 }
 
-__all__ = sorted(_EXPORTS)
+#: Subpackages loaded on first use (none of them imports TensorFlow when loaded).
+_SUBPACKAGES = ("spmd",)
+
+__all__ = sorted([*_EXPORTS, *_SUBPACKAGES])
 
 
 def __getattr__(name: str) -> Any:
     """Loads a public name from its module on first use (PEP 562)."""
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"allreduce.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'allreduce' has no attribute {name!r}")
@@ -77,4 +85,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBPACKAGES))

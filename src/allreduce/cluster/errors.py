@@ -12,7 +12,8 @@ class WorkerError(RuntimeError):
         task: the worker's task index, or ``None`` when no single worker is to blame
             (the call timed out while every worker still answered).
         reason: ``"exited"``, ``"stopped"``, ``"unresponsive"``, ``"unreachable"``,
-            ``"timeout"`` or ``"start failed"``.
+            ``"timeout"``, ``"start failed"``, or ``"raised"`` (the function
+            :func:`allreduce.spmd.launch` ran on it raised).
         stderr: the end of the worker's error output (empty for workers this process
             did not start).
     """
@@ -25,8 +26,16 @@ class WorkerError(RuntimeError):
         self.reason = reason
         self.stderr = stderr
 
+    def __reduce__(self) -> tuple:
+        # Picklable, so that an error raised in a worker process reaches its launcher.
+        return _rebuild, (type(self), str(self), self.task, self.reason, self.stderr)
+
 
 class WorkerStartError(WorkerError):
     """A worker process could not start; the message ends with its error output."""
 
     __module__ = "allreduce.cluster"
+
+
+def _rebuild(cls: type[WorkerError], message: str, task: int | None, reason: str, stderr: str) -> WorkerError:
+    return cls(message, task=task, reason=reason, stderr=stderr)

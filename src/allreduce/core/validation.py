@@ -32,6 +32,7 @@ __all__ = [
     "check_ray_resources",
     "check_seconds",
     "check_sequence",
+    "check_spmd_cluster",
     "check_tensor_list",
     "check_towers",
     "check_worker_groups",
@@ -327,3 +328,40 @@ def check_reduction(reduction: Any, dtype: Any) -> str:
     if reduction == "mean" and dtype.is_integer:
         raise ValueError(f"reduction='mean' needs a floating dtype, got {dtype.name}; use 'sum'")
     return reduction
+
+
+#: The jobs whose tasks take part in SPMD mode, in rank order.
+SPMD_JOBS = ("chief", "worker")
+
+
+def check_spmd_cluster(config: Any) -> tuple[list[tuple[str, int, str]], int]:
+    """The workers of a ``TF_CONFIG``-style mapping (``{"cluster": {job: [address, ...]},
+    "task": {"type": job, "index": i}}``) as ``(job, index, address)`` in rank order
+    (``chief`` tasks first, then ``worker``), and this task's rank.
+
+    Raises:
+        TypeError: ``config`` or one of its parts has the wrong type.
+        ValueError: no workers, another job (``ps``, ``evaluator``), or a task that is
+            not in the cluster.
+    """
+    if not isinstance(config, dict):
+        raise TypeError(
+            f"a cluster must be a TF_CONFIG dict or a ClusterResolver, got {_describe(config)[:200]}"
+        )
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ValueError(f"TF_CONFIG needs a 'cluster' and a 'task' mapping, got {config!r}")
+    others = sorted(set(cluster) - set(SPMD_JOBS))
+    if others:
+        raise ValueError(f"SPMD runs on 'chief' and 'worker' tasks only; the cluster also has {others}")
+    workers = []
+    for job in SPMD_JOBS:
+        addresses = check_sequence(f"TF_CONFIG cluster[{job!r}]", cluster.get(job, []), "addresses")
+        workers += [(job, i, str(a)) for i, a in enumerate(addresses)]
+    if not workers:
+        raise ValueError(f"TF_CONFIG's cluster lists no 'chief' or 'worker' task: {cluster!r}")
+    job, index = task.get("type"), task.get("index")
+    ranks = {(w[0], w[1]): r for r, w in enumerate(workers)}
+    if (job, index) not in ranks:
+        raise ValueError(f"TF_CONFIG's task {task!r} is not a task of the cluster {cluster!r}")
+    return workers, ranks[job, index]

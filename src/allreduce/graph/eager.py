@@ -60,13 +60,24 @@ def _function(key: Hashable, build: Build, counts: Sequence[int]) -> Any:
     return function
 
 
+def traceable(build: Build, counts: Sequence[int]) -> Any:
+    """A ``tf.function`` of ``build`` over towers of ``counts`` tensors, outside the cache."""
+    return tf.function(_Traced(build, counts), autograph=False, reduce_retracing=False)
+
+
 def call(
     key: Hashable, towers: Sequence[Sequence[tf.Tensor]], devices: Sequence[str], build: Build
 ) -> list[list[tf.Tensor]]:
     """``build(towers)`` through the cached ``tf.function`` of ``key``, with the results of
     tower ``d`` placed on ``devices[d]`` (function outputs report the caller's device)."""
+    return call_function(_function(key, build, [len(tower) for tower in towers]), towers, devices)
+
+
+def call_function(
+    function: Any, towers: Sequence[Sequence[tf.Tensor]], devices: Sequence[str]
+) -> list[list[tf.Tensor]]:
+    """Calls a function of :func:`traceable` and places tower ``d``'s results on ``devices[d]``."""
     counts = [len(tower) for tower in towers]
-    function = _function(key, build, counts)
     flat = function(*[t for tower in towers for t in tower])
     out, start = [], 0
     for device, count in zip(devices, counts):

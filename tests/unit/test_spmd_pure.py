@@ -1,0 +1,195 @@
+"""The pure parts of the SPMD mode: per-worker programs, collective keys, argument checks.
+
+Programs are run by simulation (:func:`allreduce.spmd.programs.simulate`), which matches
+every send with its receive by (sender, receiver, slot): exact sums on every worker,
+no unmatched exchange, no deadlock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+
+from allreduce.core.validation import check_spmd_cluster, check_spmd_spec
+from allreduce.spmd import keys
+from allreduce.spmd.programs import Recv, Send, program, simulate
+
+CASES = [("xring", 1), ("xring", 2), ("xring", 3), ("rechd", 1), ("torus", 1), ("pscpu", 1), ("pscpu", 2)]
+
+
+@pytest.mark.parametrize(("alg", "shards"), CASES)
+@pytest.mark.parametrize("n", range(2, 10))
+def test_every_worker_program_sums_exactly(alg, shards, n):
+    for length in (0, 1, n - 1, 17, 64, 129):
+        inputs = [[(w * 7 + i * 3) % 11 - 5 for i in range(length)] for w in range(n)]
+        expected = [sum(column) for column in zip(*inputs)]
+        for index in (0, 1):
+            assert simulate(alg, inputs, 4, shards, index) == [expected] * n
+
+
+@pytest.mark.parametrize(("n", "rows"), [(4, 2), (6, 2), (6, 3), (8, 4), (9, 3)])
+def test_torus_with_given_rows_sums_exactly(n, rows):
+    inputs = [[w + i for i in range(50)] for w in range(n)]
+    assert simulate("torus", inputs, 4, rows) == [[sum(c) for c in zip(*inputs)]] * n
+
+
+@pytest.mark.parametrize(("alg", "shards"), CASES)
+def test_a_worker_never_sends_twice_with_one_instance_key(alg, shards):
+    for n in (2, 3, 5, 8):
+        for me in range(n):
+            prog = program(alg, n, me, 1000, 4, shards)
+            sent = [keys.instance_key(0, a.slot, me, a.peer) for a in prog.actions if isinstance(a, Send)]
+            assert len(sent) == len(set(sent))
+            assert all(a.slot < prog.slots for a in prog.actions if isinstance(a, (Send, Recv)))
+
+
+def test_per_worker_exchanges_grow_with_the_step_count_not_the_cluster():
+    # A ring takes 2(n-1) steps per worker, halving-doubling 2 log2(n), a torus
+    # 2(n/r - 1) + 2(r - 1); one worker's program has one send and one receive per step.
+    for n in (4, 16, 64, 256):
+        log2 = n.bit_length() - 1
+        rows = int(n**0.5)
+        assert len(program("xring", n, 0, 1 << 20, 4).actions) == 2 * 2 * (n - 1)
+        assert len(program("rechd", n, 0, 1 << 20, 4).actions) == 2 * 2 * log2
+        assert len(program("torus", n, 0, 1 << 20, 4).actions) == 2 * (2 * (n // rows - 1) + 2 * (rows - 1))
+
+
+def test_group_keys_are_one_per_pair_and_above_tensorflows_own():
+    seen = set()
+    for b in range(64):
+        for a in range(b):
+            key = keys.pair_group_key(a, b)
+            assert key == keys.pair_group_key(b, a)
+            seen.add(key)
+    assert len(seen) == 64 * 63 // 2
+    assert min(seen) >= keys.KEY_BASE >= 1 << 30
+    assert keys.pair_group_key(keys.MAX_WORKERS - 2, keys.MAX_WORKERS - 1) < keys.all_group_key(1) < 2**31
+    with pytest.raises(ValueError, match="two tasks"):
+        keys.pair_group_key(3, 3)
+
+
+def test_instance_keys_differ_by_channel_slot_and_direction_and_fit_int32():
+    found = {
+        keys.instance_key(c, s, src, dst)
+        for c in (0, 1, keys.CHANNELS - 1)
+        for s in (0, 1, keys.SLOTS_PER_CHANNEL - 1)
+        for src, dst in ((0, 1), (1, 0))
+    }
+    assert len(found) == 3 * 3 * 2
+    assert min(found) >= keys.KEY_BASE and max(found) < 2**31
+    with pytest.raises(ValueError, match="channel"):
+        keys.instance_key(keys.CHANNELS, 0, 0, 1)
+
+
+def test_slots_reserved_from_many_threads_never_overlap():
+    counter = keys.SlotCounter()
+    got: list[tuple[int, int, int]] = []
+    lock = threading.Lock()
+
+    def work(channel):
+        for size in range(1, 200):
+            first = counter.reserve(channel, size)
+            with lock:
+                got.append((channel, first, size))
+
+    threads = [threading.Thread(target=work, args=(t % 2,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for channel in (0, 1):
+        spans = sorted((first, first + size) for c, first, size in got if c == channel)
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    with pytest.raises(ValueError, match="slots"):
+        counter.reserve(0, keys.SLOTS_PER_CHANNEL)
+
+
+def test_tf_config_gives_ranks_chief_first():
+    config = {
+        "cluster": {"worker": ["w0:1", "w1:1"], "chief": ["c:1"]},
+        "task": {"type": "worker", "index": 1},
+    }
+    workers, rank = check_spmd_cluster(config)
+    assert workers == [("chief", 0, "c:1"), ("worker", 0, "w0:1"), ("worker", 1, "w1:1")]
+    assert rank == 2
+
+
+@pytest.mark.parametrize(
+    ("config", "error", "match"),
+    [
+        ("worker", TypeError, "TF_CONFIG dict"),
+        ({"cluster": {"worker": ["a:1"]}}, ValueError, "'task'"),
+        (
+            {"cluster": {"worker": ["a:1"], "ps": ["p:1"]}, "task": {"type": "worker", "index": 0}},
+            ValueError,
+            "ps",
+        ),
+        ({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 5}}, ValueError, "index': 5"),
+        ({"cluster": {}, "task": {"type": "worker", "index": 0}}, ValueError, "no 'chief' or 'worker'"),
+    ],
+)
+def test_bad_clusters_are_named(config, error, match):
+    with pytest.raises(error, match=match):
+        check_spmd_cluster(config)
+
+
+def test_specs_without_an_spmd_form_are_named():
+    from allreduce.planning.spec import parse_all_reduce_spec
+
+    check_spmd_spec(parse_all_reduce_spec("pscpu:64k:xring#2"), ("xring", "pscpu"))
+    with pytest.raises(ValueError, match="'simple' cannot run across workers"):
+        check_spmd_spec(parse_all_reduce_spec("xring/simple"), ("xring", "pscpu"))
+    with pytest.raises(ValueError, match="compression"):
+        check_spmd_spec(parse_all_reduce_spec("xring@bf16"), ("xring",))
+
+
+def test_launch_checks_its_arguments_before_starting_anything():
+    from allreduce import spmd
+
+    with pytest.raises(ValueError, match="'ray'"):
+        spmd.launch(print, 2, backend="ray")
+    with pytest.raises(ValueError, match="num_workers"):
+        spmd.launch(print, 0)
+    with pytest.raises(TypeError, match="picklable"):
+        spmd.launch(lambda: 1, 2)
+    with pytest.raises(TypeError, match="callable"):
+        spmd.launch("fn", 2)
+
+
+def test_importing_the_package_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import sys, allreduce, allreduce.spmd; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_programs_refuse_unknown_algorithms_and_tasks():
+    with pytest.raises(ValueError, match="no SPMD program"):
+        program("simple", 4, 0, 10, 4)
+    with pytest.raises(ValueError, match="task 4 is not one of the 4 workers"):
+        program("xring", 4, 4, 10, 4)
+    with pytest.raises(ValueError, match="slot"):
+        keys.instance_key(0, keys.SLOTS_PER_CHANNEL, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("actions", "match"),
+    [
+        ([[Send(1, 0, 2, 0)], []], "nobody received"),
+        ([[Recv(1, 0, 2, 0, "add")], []], "deadlock"),
+        ([[Send(1, 0, 2, 0), Send(1, 0, 2, 0)], []], "two sends"),
+        ([[Send(1, 0, 2, 0)], [Recv(0, 0, 1, 0, "set")]], "size mismatch"),
+    ],
+)
+def test_the_simulation_finds_programs_that_do_not_match_up(monkeypatch, actions, match):
+    from allreduce.spmd import programs
+
+    monkeypatch.setattr(
+        programs, "program", lambda alg, n, me, *rest: programs.Program((), tuple(actions[me]), 1)
+    )
+    with pytest.raises(RuntimeError, match=match):
+        simulate("xring", [[1, 2], [3, 4]])
