@@ -24,10 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
-import socket
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -35,9 +32,17 @@ from typing import Any, NamedTuple
 from allreduce.cluster import connection as _connection
 from allreduce.cluster.base import Cluster
 from allreduce.cluster.errors import WorkerError, WorkerStartError
+from allreduce.cluster.ray_actors import (
+    ActorProbe,
+    RayNode,
+    RayWorker,
+    ServerActor,
+    import_ray,
+    signal_process,
+)
 from allreduce.cluster.supervisor import Reaper, descendants, process_state
-from allreduce.cluster.watchdog import NetworkProbe, Watchdog
-from allreduce.cluster.worker import JOB_NAME, die_with_parent
+from allreduce.cluster.watchdog import Watchdog
+from allreduce.cluster.worker import JOB_NAME
 from allreduce.core.validation import (
     check_choice,
     check_int,
@@ -56,25 +61,6 @@ DEFAULT_START_TIMEOUT_S = 60.0
 #: How long a TensorFlow error waits for Ray to name the worker behind it.
 _GRACE_S = 2.0
 _END_S = 10.0
-_REASON_CHARS = 400
-
-
-def import_ray() -> Any:
-    """The ``ray`` module; ``ImportError`` naming the ``ray`` extra without it."""
-    try:
-        import ray
-    except ImportError as err:
-        raise ImportError(
-            "ray_cluster needs Ray, which is not installed: pip install 'allreduce[ray]'"
-        ) from err
-    return ray
-
-
-class RayNode(NamedTuple):
-    """Where a worker runs: Ray's node id and the node's IP."""
-
-    node_id: str
-    ip: str
 
 
 class _Request(NamedTuple):
@@ -84,109 +70,6 @@ class _Request(NamedTuple):
     gpus: int
     strategy: str
     runtime_env: Mapping[str, Any] | None
-
-
-class _Worker(NamedTuple):
-    task: int
-    node_id: str
-    ip: str
-    pid: int
-    port: int
-
-    @property
-    def address(self) -> str:
-        return f"{self.ip}:{self.port}"
-
-    def describe(self) -> str:
-        prefix = f"/job:{JOB_NAME}/replica:0/task:{self.task}"
-        where = f"node {self.node_id[:12]} at {self.ip}, pid {self.pid}, {self.address}"
-        return f"worker {self.task} ({prefix}, {where})"
-
-
-class _ServerActor:  # pragma: no cover - runs in the Ray actor processes
-    """One worker inside its Ray actor process (two threads: calls, and :meth:`watch`)."""
-
-    def __init__(self, task: int) -> None:
-        die_with_parent(os.getppid())  # the raylet; SIGKILL reaches this process even while stopped
-        self._task = task
-        self._server: Any = None
-        self._ended = threading.Event()
-
-    def reserve(self) -> dict[str, Any]:
-        """The node, the pid, and a port free on this node now."""
-        import ray
-
-        with socket.socket() as probe:
-            probe.bind(("", 0))  # TensorFlow binds every interface
-            port = probe.getsockname()[1]
-        node = ray.get_runtime_context().get_node_id()
-        return {"node_id": node, "ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "port": port}
-
-    def start(self, cluster: dict[str, list[str]], cpus: int, gpus: int) -> None:
-        """Starts this task's server with ``cpus`` logical CPUs, or with its ``gpus`` GPUs."""
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        # Ray starts workers at niceness 15: on a busy node the server would get the CPU last.
-        # Linux keeps a niceness per thread; the server's threads inherit this one's.
-        with contextlib.suppress(OSError):  # lowering it may need a privilege
-            os.setpriority(os.PRIO_PROCESS, 0, 0)
-        from allreduce.core._tf import tf
-
-        count = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": cpus}
-        self._server = tf.distribute.Server(
-            tf.train.ClusterSpec(cluster),
-            job_name=JOB_NAME,
-            task_index=self._task,
-            config=tf.compat.v1.ConfigProto(device_count=count),
-            start=True,
-        )
-
-    def watch(self) -> None:
-        """Returns only once the actor ends: its failure is the driver's death notice."""
-        self._ended.wait()
-
-
-def _signal_process(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def ray_reason(err: BaseException) -> str:
-    """Ray's own words for why an actor died, on one line."""
-    text = str(err)
-    start = text.find("The actor is dead because")
-    reason = " ".join((text[start:] if start >= 0 else text).split())
-    return reason if len(reason) <= _REASON_CHARS else reason[: _REASON_CHARS - 3] + "..."
-
-
-class ActorProbe:
-    """A worker's actor: Ray reports it dead, or its server's heartbeat is silent."""
-
-    def __init__(self, cluster: RayCluster, worker: _Worker, unresponsive_s: float) -> None:
-        self.task = worker.task
-        self._cluster = cluster
-        self._worker = worker
-        self._network = NetworkProbe(worker.task, JOB_NAME, worker.address, unresponsive_s)
-
-    def fault(self) -> tuple[str, str] | None:
-        ray, watch = self._cluster._ray, self._cluster._watches[self.task]
-        done, _ = ray.wait([watch], timeout=0)
-        if done:
-            try:
-                ray.get(watch, timeout=0)
-                return "exited", "ended"
-            except Exception as err:
-                return "exited", f"died: {ray_reason(err)}"
-        return self._network.fault()
-
-    def fence(self) -> bool:
-        self._cluster._end(self.task)
-        return True
-
-    def error(self, reason: str, description: str) -> WorkerError:
-        return WorkerError(f"{self._worker.describe()} {description}", task=self.task, reason=reason)
-
-    def close(self) -> None:
-        self._network.close()
 
 
 class RayCluster(Cluster):
@@ -207,7 +90,7 @@ class RayCluster(Cluster):
         self._reaper: Reaper | None = None
         self.actors: list[Any] = []
         self._watches: list[Any] = []
-        self._workers: list[_Worker] = []
+        self._workers: list[RayWorker] = []
         self._local_node = ray.get_runtime_context().get_node_id()
         try:
             self._start(start_timeout_s)
@@ -243,7 +126,7 @@ class RayCluster(Cluster):
         self._pg = ray.util.placement_group([dict(bundle) for _ in range(req.workers)], strategy=req.strategy)
         if not ray.wait([self._pg.ready()], timeout=timeout_s)[0]:
             raise WorkerStartError(_not_placed(ray, req, bundle, timeout_s), task=None, reason="start failed")
-        actor = ray.remote(_ServerActor)
+        actor = ray.remote(ServerActor)
         for i in range(req.workers):
             options: dict[str, Any] = {"num_cpus": req.cpus, "num_gpus": req.gpus, "max_concurrency": 2}
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
@@ -253,7 +136,7 @@ class RayCluster(Cluster):
                 options["runtime_env"] = dict(req.runtime_env)
             self.actors.append(actor.options(**options).remote(i))
         found = self._gather([a.reserve.remote() for a in self.actors], deadline, timeout_s)
-        self._workers = [_Worker(i, **info) for i, info in enumerate(found)]
+        self._workers = [RayWorker(i, **info) for i, info in enumerate(found)]
         spec = {JOB_NAME: self.addresses}
         self._gather([a.start.remote(spec, req.devices, req.gpus) for a in self.actors], deadline, timeout_s)
         self._watches = [a.watch.remote() for a in self.actors]
@@ -283,13 +166,13 @@ class RayCluster(Cluster):
         """Sends ``sig`` to the worker's process: here, or by a task on its node (returned)."""
         worker = self._workers[task]
         if worker.node_id == self._local_node and not _client_mode(self._ray):
-            _signal_process(worker.pid, sig)
+            signal_process(worker.pid, sig)
             return None
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         where = NodeAffinitySchedulingStrategy(worker.node_id, soft=False)
         return (
-            self._ray.remote(_signal_process)
+            self._ray.remote(signal_process)
             .options(num_cpus=0, scheduling_strategy=where)
             .remote(worker.pid, sig)
         )
@@ -396,7 +279,7 @@ def _init_ray(ray: Any, address: str | None, req: _Request) -> bool:
             address="local",
             num_cpus=math.ceil(req.workers * req.cpus),
             include_dashboard=False,
-            _system_config={"worker_niceness": 0},  # see _ServerActor.start
+            _system_config={"worker_niceness": 0},  # see ServerActor.start
         )
     else:
         ray.init(address=address)
