@@ -92,6 +92,9 @@ def _usage_cases(tmp) -> dict[str, list[str]]:
         "connect spec without workers": ["--connect", '{"ps": ["127.0.0.1:5000"]}'],
         "connect without tf_config": ["--connect", "--no-progress"],
         "connect to remote workers only": ["--connect", '{"worker": ["10.1.2.3:5000"]}'],
+        "ray without workers": ["--ray", "--devices", "2"],
+        "ray and connect": ["--ray", "auto", "--workers", "2", "--connect", '{"worker": ["127.0.0.1:5000"]}'],
+        "ray address malformed": ["--ray", "no port here", "--workers", "2"],
     }
 
 
@@ -122,6 +125,9 @@ _WORDS = {
     "connect spec without workers": "job_name 'worker' is not a worker job",
     "connect without tf_config": "reads TF_CONFIG, which is not set",
     "connect to remote workers only": "need an address of this process",
+    "ray without workers": "--ray needs --workers N",
+    "ray and connect": "--ray does not go with --connect",
+    "ray address malformed": "--ray: ",
 }
 _INFO = {"help": ["--help"], "version": ["--version"], "list specs": ["--list-specs"]}
 

@@ -26,6 +26,7 @@ from allreduce.bench.options import (
     EXIT_USAGE,
     FULL,
     QUICK,
+    RAY_LOCAL,
     TF_CONFIG,
     WORKLOADS,
     Options,
@@ -174,6 +175,14 @@ def _add_what(p: argparse.ArgumentParser, d: Options) -> None:
         metavar="SPEC",
         help="run across servers started with allreduce-worker: a JSON cluster spec "
         '\'{"worker": ["host:port", ...]}\'; without SPEC, the cluster of TF_CONFIG',
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const=RAY_LOCAL,
+        metavar="ADDRESS",
+        help="run --workers N Ray actors with --devices K each: on a Ray cluster at ADDRESS "
+        "('auto', 'ray://host:port' or 'host:port'), or without ADDRESS on a local Ray",
     )
     p.add_argument(
         "--compression",

@@ -13,6 +13,7 @@ from typing import Any
 
 from allreduce.cluster.cluster_spec import check_cluster_spec, parse_json_spec, parse_tf_config
 from allreduce.cluster.connection import CLIENT_JOB, client_address
+from allreduce.core.validation import check_ray_address
 from allreduce.measure.cases import Case, many_small_case, max_exact_devices, sweep_cases
 from allreduce.measure.contenders import LIBRARY_PACK_MAX_GROUP
 
@@ -33,6 +34,7 @@ __all__ = [
     "Packing",
     "Sweep",
     "UsageError",
+    "RAY_LOCAL",
     "connect_spec",
     "resolve_options",
 ]
@@ -40,6 +42,8 @@ __all__ = [
 WORKLOADS = ("sweep", "many-small", "model")
 DEVICE_TYPES = ("cpu", "gpu")
 ALLOCATORS = ("bfc", "system")
+#: ``--ray`` without an address: a Ray this process starts (or one it joined already).
+RAY_LOCAL = "local"
 #: ``--connect`` without a spec: the cluster of ``TF_CONFIG``.
 TF_CONFIG = "tf_config"
 
@@ -114,6 +118,7 @@ class Options:
     pack_max_group: int = NO_PACKING.max_group
     workers: int | None = None
     connect: str | None = None
+    ray: str | None = None
     compression: tuple[str, ...] = ("none",)
     op_timeout: float = 120.0
     allocator: str = "bfc"
@@ -197,6 +202,8 @@ def _check(options: Options, given: Mapping[str, Any]) -> None:
         raise UsageError(f"--min-bytes ({options.min_bytes}) exceeds --max-bytes ({options.max_bytes})")
     if options.connect is not None:
         _check_connect(options, given)
+    if options.ray is not None:
+        _check_ray(options, given)
     if options.workers is not None and options.device_type != "cpu":
         raise UsageError("--workers starts CPU workers: use it with --device-type cpu")
     limit = max_exact_devices(options.dtype, rounding=options.compression != ("none",))
@@ -231,6 +238,18 @@ def connect_spec(text: str, environ: Mapping[str, str] | None = None) -> dict[st
     except (TypeError, ValueError) as err:
         raise UsageError(f"--connect: {err}") from None
     return raw
+
+
+def _check_ray(options: Options, given: Mapping[str, Any]) -> None:
+    if options.connect is not None:
+        raise UsageError("--ray does not go with --connect: choose one cluster")
+    if "workers" not in given:
+        raise UsageError("--ray needs --workers N: the number of Ray actors, each a worker")
+    if options.ray != RAY_LOCAL:
+        try:
+            check_ray_address(options.ray)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"--ray: {err}") from None
 
 
 def _check_connect(options: Options, given: Mapping[str, Any]) -> None:

@@ -21,6 +21,7 @@ from allreduce.bench.options import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    RAY_LOCAL,
     Options,
     UsageError,
     connect_spec,
@@ -66,6 +67,8 @@ def open_cluster(options: Options, stack: ExitStack) -> Cluster | None:
         UsageError: ``connect`` refuses the ``--connect`` spec.
         RuntimeError: the cluster cannot start or a worker does not answer.
     """
+    if options.ray is not None:
+        return _open_ray(options, stack)
     if options.workers is not None:
         from allreduce.cluster import local_cluster
 
@@ -81,6 +84,23 @@ def open_cluster(options: Options, stack: ExitStack) -> Cluster | None:
         except ValueError as err:  # e.g. remote workers and no address of this process
             raise UsageError(f"--connect: {err}") from None
     return None
+
+
+def _open_ray(options: Options, stack: ExitStack) -> Cluster:
+    """``--workers`` Ray actors with ``--devices`` logical CPUs each (``--ray``).
+
+    Raises:
+        UsageError: Ray is not installed.
+    """
+    from allreduce.cluster import ray_cluster
+
+    address = None if options.ray == RAY_LOCAL else options.ray
+    try:
+        return stack.enter_context(
+            ray_cluster(options.workers, options.devices, address=address, op_timeout_s=options.op_timeout)
+        )
+    except ImportError as err:
+        raise UsageError(f"--ray: {err}") from None
 
 
 def _enter_devices(options: Options, stack: ExitStack) -> tuple[list[str], int, Guard]:
