@@ -200,10 +200,10 @@ def _check(options: Options, given: Mapping[str, Any]) -> None:
         raise UsageError("--retune measures a tuning again: use it with --tune")
     if options.min_bytes > options.max_bytes:
         raise UsageError(f"--min-bytes ({options.min_bytes}) exceeds --max-bytes ({options.max_bytes})")
-    if options.connect is not None:
-        _check_connect(options, given)
     if options.ray is not None:
         _check_ray(options, given)
+    if options.connect is not None:
+        _check_connect(options, given)
     if options.workers is not None and options.device_type != "cpu":
         raise UsageError("--workers starts CPU workers: use it with --device-type cpu")
     limit = max_exact_devices(options.dtype, rounding=options.compression != ("none",))
