@@ -6,10 +6,8 @@ of a small network; ``allreduce.batch_all_reduce`` sums the replicas' gradients 
 hierarchical spec (``pscpu/pscpu``: within each worker, then across workers) and every
 replica applies the same sums. Nothing in the loop knows which kind of cluster it runs on.
 
-Each device reads its slice of every batch from an input pipeline (``tf.data``) whose
-iterator lives on that device's worker, so no batch travels from the client during
-training; here the pipelines hold the synthetic data, in practice they would read files
-that the workers can reach.
+Each device reads its slice of every batch from an input pipeline on its worker
+(``worker_pipelines`` of ``multiworker_training.py``).
 
     python examples/ray_training.py                      # a local Ray, 2 workers x 2 CPUs
     python examples/ray_training.py --address auto       # an existing Ray cluster
@@ -29,68 +27,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the loop lives beside this file
 
 import numpy as np
-import tensorflow as tf
 from multiworker_training import (
     PER_DEVICE_BATCH,
     History,
-    _distributed_step,
-    _replicas,
-    _same,
     initial_weights,
     make_batches,
+    train,
     train_single_device,
+    worker_pipelines,
 )
 
-from allreduce.cluster import Cluster, ray_cluster
+from allreduce.cluster import ray_cluster
 
 __all__ = ["History", "main", "train", "train_single_device", "worker_pipelines"]
-
-
-def worker_pipelines(devices: Sequence[str], batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> list:
-    """One ``tf.data`` iterator per device, created on that device's worker, yielding the
-    device's slice ``(x, y)`` of each global batch in turn (slices split evenly, in device order)."""
-    n = len(devices)
-    iterators = []
-    for i, device in enumerate(devices):
-        xs = np.stack([np.split(x, n)[i] for x, _ in batches])
-        ys = np.stack([np.split(y, n)[i] for _, y in batches])
-        with tf.device(device):
-            iterators.append(iter(tf.data.Dataset.from_tensor_slices((xs, ys))))
-    return iterators
-
-
-def train(
-    cluster: Cluster,
-    batches: Sequence[tuple[np.ndarray, np.ndarray]],
-    initial: Sequence[np.ndarray],
-    spec: str = "pscpu/pscpu",
-    lr: float = 0.1,
-) -> History:
-    """SGD with one replica per device of ``cluster``, each reading its slices of ``batches``
-    from a pipeline on its worker. Returns the losses, whether the replicas were bitwise
-    identical after each step, and the final weights."""
-    devices = [d for worker in cluster.devices for d in worker]
-    replicas = _replicas(devices, initial)
-    sgd_step = _distributed_step(devices, replicas, spec, lr)
-    pipelines = worker_pipelines(devices, batches)
-
-    @tf.function(autograph=False)
-    def step() -> tf.Tensor:
-        xs, ys = [], []
-        for device, pipeline in zip(devices, pipelines):
-            with tf.device(device):
-                x, y = next(pipeline)
-            xs.append(x)
-            ys.append(y)
-        return sgd_step(xs, ys)
-
-    history = History([], [], [])
-    for _ in batches:
-        history.losses.append(float(cluster.run(step)))
-        values = cluster.run(lambda: [[w.numpy() for w in replica] for replica in replicas])
-        history.replicas_identical.append(all(_same(v, values[0]) for v in values))
-    history.weights.extend(values[0])
-    return history
 
 
 def main(argv: Sequence[str] | None = None) -> None:
