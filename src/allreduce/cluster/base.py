@@ -1,11 +1,27 @@
-"""The part every cluster shares: a bounded :meth:`Cluster.run`, :meth:`Cluster.check`,
-its devices, and connecting this process to it and back.
+"""The part every cluster shares, and the contract of a cluster backend.
 
-Subclasses add where the workers come from (:class:`allreduce.cluster.LocalCluster`
-starts them, :class:`allreduce.cluster.RemoteCluster` joins them) and give the cluster
-its :class:`allreduce.cluster.watchdog.Watchdog`. Every open cluster is closed when the
-interpreter exits. TensorFlow is imported only to connect, so that a process that only
-serves workers (``connect=False``) does without it.
+:class:`Cluster` gives every backend a bounded :meth:`Cluster.run`, :meth:`Cluster.check`,
+its devices (:attr:`Cluster.devices`, :meth:`Cluster.devices_of`), and connecting this
+process to the workers and back. A backend (:class:`allreduce.cluster.LocalCluster`
+starts processes, :class:`allreduce.cluster.RemoteCluster` joins hand-started servers,
+:class:`allreduce.cluster.ray_backend.RayCluster` runs Ray actors) is one module that
+subclasses it and does four things:
+
+1. **start** the workers (or find them) and report their addresses: the subclass passes
+   ``{job: [address, ...]}`` to ``Cluster.__init__`` (:attr:`Cluster.cluster_spec`),
+   then calls :meth:`Cluster._connect` (it may override :meth:`Cluster._await_workers`
+   to wait until every worker answers);
+2. **probe health**: it hands :meth:`Cluster._watch` a
+   :class:`~allreduce.cluster.watchdog.Watchdog` with one probe per worker, whose
+   ``fault()`` says why a worker is gone (``exited``, ``unresponsive``, ``unreachable``);
+3. **fence** a worker the watchdog found silent (the probe's ``fence()``, and
+   ``kill(task)``), so that calls waiting on it fail instead of hanging, and
+   :meth:`Cluster._fence_all` after a fault;
+4. **stop**: :meth:`Cluster._release` frees what it holds once this process has left.
+
+Nothing above the backends knows which one it holds. Every open cluster is closed when
+the interpreter exits. TensorFlow is imported only to connect, so that a process that
+only serves workers (``connect=False``) does without it.
 """
 
 from __future__ import annotations
