@@ -12,8 +12,9 @@ import threading
 
 import pytest
 
-from allreduce.core.validation import check_spmd_cluster, check_spmd_spec
+from allreduce.core.validation import check_spmd_cluster
 from allreduce.spmd import keys
+from allreduce.spmd.api import check_spmd_spec
 from allreduce.spmd.programs import Recv, Send, program, simulate
 
 CASES = [("xring", 1), ("xring", 2), ("xring", 3), ("rechd", 1), ("torus", 1), ("pscpu", 1), ("pscpu", 2)]
