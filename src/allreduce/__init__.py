@@ -67,7 +67,7 @@ _EXPORTS = {
 }
 
 #: Subpackages loaded on first use (none of them imports TensorFlow when loaded).
-_SUBPACKAGES = ("spmd",)
+_SUBPACKAGES = ("cluster", "spmd")
 
 __all__ = sorted([*_EXPORTS, *_SUBPACKAGES])
 

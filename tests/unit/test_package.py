@@ -122,3 +122,16 @@ def test_the_wheel_ships_the_license_and_builds_without_a_deprecation_warning(tm
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in metadata
     assert "License-File: LICENSE" in metadata
+
+
+def test_the_cluster_backends_are_reached_from_the_package_without_tensorflow() -> None:
+    result = _without_tensorflow(
+        """
+        import allreduce
+        assert callable(allreduce.cluster.ray_cluster) and callable(allreduce.cluster.local_cluster)
+        assert callable(allreduce.spmd.launch)
+        print("backends ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "backends ok" in result.stdout
