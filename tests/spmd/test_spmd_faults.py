@@ -67,13 +67,14 @@ def _run(mode: str) -> list[dict]:
 @pytest.mark.parametrize("mode", ["kill", "stop"])
 def test_a_dead_or_frozen_peer_fails_every_pending_call_within_the_timeout(mode):
     outputs = _run(mode)
-    named = []
-    for lines in outputs:
+    # Each survivor names the peer of the exchange that failed in it: worker 2, or a live
+    # peer whose own exchange with worker 2 failed first and cancelled theirs (which one
+    # depends on timing), never itself.
+    for rank, lines in enumerate(outputs):
         assert lines[0] == {"first": 6.0}
         result = lines[1]
         assert "sum" not in result, f"a call returned {result} without worker 2"
         assert result["type"] == "WorkerError", result
         assert result["seconds"] < TIMEOUT_S + MARGIN_S, result
-        assert "task" in result["message"]
-        named.append(result["task"])
-    assert 2 in named, outputs
+        assert result["task"] in {0, 1, 2} - {rank}, result
+        assert f"with task {result['task']}" in result["message"], result
