@@ -183,6 +183,19 @@ def train_single_device(
     return [w.numpy() for w in weights]
 
 
+def print_report(history: History, reference: Sequence[np.ndarray], seconds: float) -> None:
+    """Prints the mean loss every 10 steps, whether the replicas stayed bitwise identical,
+    and the largest difference from the single-device ``reference`` weights."""
+    print("steps      mean loss")
+    for first in range(0, len(history.losses), 10):
+        window = history.losses[first : first + 10]
+        print(f"{first:3d}-{first + len(window) - 1:3d}    {np.mean(window):.4f}")
+    print(f"replicas bitwise identical after every step: {all(history.replicas_identical)}")
+    gap = max(float(np.max(np.abs(a - b))) for a, b in zip(history.weights, reference))
+    print(f"largest difference from training on one device: {gap:.3g}")
+    print(f"{len(history.losses)} steps in {seconds:.1f} s (with starting the workers)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default %(default)s)")
@@ -197,16 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with local_cluster(args.workers, args.devices) as cluster:
         print(f"{replicas} replicas on {args.workers} workers, spec {args.spec!r}")
         history = train(cluster, batches, initial, args.spec)
-    seconds = time.perf_counter() - start
-    reference = train_single_device(batches, initial)
-    print("steps      mean loss")
-    for first in range(0, len(history.losses), 10):
-        window = history.losses[first : first + 10]
-        print(f"{first:3d}-{first + len(window) - 1:3d}    {np.mean(window):.4f}")
-    print(f"replicas bitwise identical after every step: {all(history.replicas_identical)}")
-    gap = max(float(np.max(np.abs(a - b))) for a, b in zip(history.weights, reference))
-    print(f"largest difference from training on one device: {gap:.3g}")
-    print(f"{len(history.losses)} steps in {seconds:.1f} s (with starting the workers)")
+    print_report(history, train_single_device(batches, initial), time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the loop lives beside this file
 
-import numpy as np
 from multiworker_training import (
     PER_DEVICE_BATCH,
     History,
     initial_weights,
     make_batches,
+    print_report,
     train,
     train_single_device,
     worker_pipelines,
@@ -58,16 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         hosts = sorted({node.ip for node in cluster.nodes})
         print(f"{replicas} replicas on {args.workers} Ray workers ({', '.join(hosts)}), spec {args.spec!r}")
         history = train(cluster, batches, initial, args.spec)
-    seconds = time.perf_counter() - start
-    reference = train_single_device(batches, initial)
-    print("steps      mean loss")
-    for first in range(0, len(history.losses), 10):
-        window = history.losses[first : first + 10]
-        print(f"{first:3d}-{first + len(window) - 1:3d}    {np.mean(window):.4f}")
-    print(f"replicas bitwise identical after every step: {all(history.replicas_identical)}")
-    gap = max(float(np.max(np.abs(a - b))) for a, b in zip(history.weights, reference))
-    print(f"largest difference from training on one device: {gap:.3g}")
-    print(f"{len(history.losses)} steps in {seconds:.1f} s (with starting the workers)")
+    print_report(history, train_single_device(batches, initial), time.perf_counter() - start)
 
 
 if __name__ == "__main__":
