@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
+from allreduce.planning.algorithms.base import CPU
 from allreduce.planning.devices import other_cpu_of_worker, parse_device_name, shares_memory
-from allreduce.planning.registry import CPU
 from allreduce.planning.schedules import ALIGN_BYTES, HOP_MIN_BYTES, aligned_split_sizes, halves_hosts
 from allreduce.planning.traffic import Round, Schedule
 

@@ -1,14 +1,14 @@
-"""Chunking and communication schedules of the algorithms (pure Python).
+"""Chunking that several algorithms share (pure Python).
 
-The TensorFlow layer follows these plans op by op; keeping them here lets the
-schedules be checked by simulation, without building a graph.
+Near-equal and aligned chunk sizes, and when a CPU sum is cut in halves. Each
+algorithm's own schedule (device orders, plans, grids) lives in its module under
+:mod:`allreduce.planning.algorithms`. The TensorFlow layer follows these plans op by op;
+keeping them here lets the schedules be checked by simulation, without building a graph.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from allreduce.planning.devices import parse_device_name, shares_memory
 
@@ -19,17 +19,9 @@ __all__ = [
     "HALVES_MAX_BYTES",
     "HALVES_MIN_BYTES",
     "HOP_MIN_BYTES",
-    "HalvingDoublingPlan",
-    "Transfer",
     "aligned_split_sizes",
     "halves_hosts",
-    "halving_doubling_plan",
-    "ring_all_gather_steps",
-    "ring_orders",
-    "ring_reduce_scatter_steps",
     "split_sizes",
-    "torus_grid",
-    "torus_rows",
 ]
 
 
@@ -104,127 +96,3 @@ def aligned_split_sizes(length: int, parts: int, itemsize: int) -> list[int]:
     if length % granule:
         return split_sizes(length, parts)
     return [granule * size for size in split_sizes(length // granule, parts)]
-
-
-def ring_orders(num_devices: int, num_rings: int) -> list[list[int]]:
-    """Device orders of ``num_rings`` rings over ``num_devices`` devices.
-
-    Ring ``r`` starts ``r * num_devices // num_rings`` places further on, and odd rings
-    run the other way, so that the rings load different links and devices first.
-
-    Raises:
-        ValueError: a count below 1.
-    """
-    if num_devices < 1 or num_rings < 1:
-        raise ValueError(f"need at least one device and one ring, got {num_devices}, {num_rings}")
-    orders = []
-    for r in range(num_rings):
-        start = (r * num_devices) // num_rings
-        order = [(start + i) % num_devices for i in range(num_devices)]
-        if r % 2 == 1:
-            order = [order[0], *reversed(order[1:])]
-        orders.append(order)
-    return orders
-
-
-class Transfer(NamedTuple):
-    """Ring position ``src`` sends chunk ``chunk`` to ring position ``dst``."""
-
-    src: int
-    dst: int
-    chunk: int
-
-
-def ring_reduce_scatter_steps(n: int) -> list[list[Transfer]]:
-    """The ``n - 1`` steps of a ring reduce-scatter over ``n`` positions and chunks.
-
-    At step ``s`` position ``p`` sends its partial sum of chunk ``(p - s) % n`` to
-    position ``p + 1``, which adds its own piece. Afterwards position ``p`` holds the
-    full sum of chunk ``(p + 1) % n``.
-    """
-    return [[Transfer(p, (p + 1) % n, (p - s) % n) for p in range(n)] for s in range(n - 1)]
-
-
-def ring_all_gather_steps(n: int) -> list[list[Transfer]]:
-    """The ``n - 1`` steps of a ring all-gather that follows the reduce-scatter.
-
-    At step ``s`` position ``p`` forwards the full chunk ``(p + 1 - s) % n`` to ``p + 1``.
-    """
-    return [[Transfer(p, (p + 1) % n, (p + 1 - s) % n) for p in range(n)] for s in range(n - 1)]
-
-
-class HalvingDoublingPlan(NamedTuple):
-    """Recursive halving-doubling over any number of devices.
-
-    ``core`` devices (the largest power of two not above the count) run the
-    algorithm; each extra device ``core + e`` first folds its input into device ``e``
-    (``folds`` lists ``(extra, partner)``) and gets the result back at the end.
-    ``distances`` are the halving rounds' partner distances (doubling runs them in
-    reverse); ``intervals[r][i]`` is the ``[start, stop)`` element interval that core
-    device ``i`` holds reduced after halving round ``r``.
-    """
-
-    core: int
-    folds: list[tuple[int, int]]
-    distances: list[int]
-    intervals: list[list[tuple[int, int]]]
-
-
-def halving_doubling_plan(num_devices: int, length: int) -> HalvingDoublingPlan:
-    """Plans recursive halving-doubling of ``length`` elements over ``num_devices``.
-
-    Raises:
-        ValueError: ``num_devices`` below 1 or ``length`` negative.
-    """
-    if num_devices < 1:
-        raise ValueError(f"num_devices must be at least 1, got {num_devices}")
-    if length < 0:
-        raise ValueError(f"length must be non-negative, got {length}")
-    core = 1 << (num_devices.bit_length() - 1)
-    folds = [(core + e, e) for e in range(num_devices - core)]
-    distances = []
-    d = core // 2
-    while d >= 1:
-        distances.append(d)
-        d //= 2
-    current = [(0, length)] * core
-    intervals = []
-    for d in distances:
-        after = []
-        for i in range(core):
-            start, stop = current[i]
-            middle = start + (stop - start + 1) // 2
-            after.append((start, middle) if i & d == 0 else (middle, stop))
-        intervals.append(after)
-        current = after
-    return HalvingDoublingPlan(core, folds, distances, intervals)
-
-
-def torus_rows(num_devices: int, rows: int = 1) -> int:
-    """The row count of a 2-D torus over ``num_devices`` devices.
-
-    ``rows == 1`` chooses: the largest divisor of ``num_devices`` not above its square
-    root (1 for a prime count, where the torus is a single ring).
-
-    Raises:
-        ValueError: ``num_devices`` or ``rows`` below 1, or ``rows`` does not divide
-            ``num_devices``.
-    """
-    if num_devices < 1 or rows < 1:
-        raise ValueError(f"need at least one device and one row, got {num_devices}, {rows}")
-    if rows == 1:
-        return max(r for r in range(1, math.isqrt(num_devices) + 1) if num_devices % r == 0)
-    if num_devices % rows:
-        raise ValueError(f"torus#{rows}: {rows} rows do not divide {num_devices} devices")
-    return rows
-
-
-def torus_grid(num_devices: int, rows: int) -> list[list[int]]:
-    """Device indices of a ``rows`` x ``num_devices // rows`` torus, row by row.
-
-    Raises:
-        ValueError: as :func:`torus_rows`.
-    """
-    rows = torus_rows(num_devices, rows)
-    columns = num_devices // rows
-    return [list(range(r * columns, (r + 1) * columns)) for r in range(rows)]

@@ -3,12 +3,12 @@
 A :class:`Program` is one worker's part of an algorithm over ``n`` workers and a
 vector of ``length`` elements: an initial cut of the vector, then actions in order.
 Programs follow the same pure schedules as the one-client builders
-(:mod:`allreduce.planning.schedules`): ring reduce-scatter and all-gather steps
-(:func:`~allreduce.planning.schedules.ring_reduce_scatter_steps`,
-:func:`~allreduce.planning.schedules.ring_all_gather_steps`,
-:func:`~allreduce.planning.schedules.ring_orders`),
-:func:`~allreduce.planning.schedules.halving_doubling_plan` and
-:func:`~allreduce.planning.schedules.torus_grid`.
+(:mod:`allreduce.planning.algorithms`): ring reduce-scatter and all-gather steps
+(:func:`~allreduce.planning.algorithms.ring.ring_reduce_scatter_steps`,
+:func:`~allreduce.planning.algorithms.ring.ring_all_gather_steps`,
+:func:`~allreduce.planning.algorithms.ring.ring_orders`),
+:func:`~allreduce.planning.algorithms.halving_doubling.halving_doubling_plan` and
+:func:`~allreduce.planning.algorithms.torus.torus_grid`.
 
 Every exchange has a ``slot``: both ends compute the same one, and a worker sends at
 most once per slot and direction (the key rule of :mod:`allreduce.spmd.keys`). Each
@@ -20,14 +20,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from allreduce.planning.schedules import (
-    aligned_split_sizes,
-    halving_doubling_plan,
-    ring_all_gather_steps,
-    ring_orders,
-    ring_reduce_scatter_steps,
-    torus_grid,
-)
+from allreduce.planning.algorithms.halving_doubling import halving_doubling_plan
+from allreduce.planning.algorithms.ring import ring_all_gather_steps, ring_orders, ring_reduce_scatter_steps
+from allreduce.planning.algorithms.torus import torus_grid
+from allreduce.planning.schedules import aligned_split_sizes
 
 __layer__ = "pure"
 

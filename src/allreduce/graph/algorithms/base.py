@@ -7,17 +7,22 @@ import threading
 import weakref
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 from allreduce.core._tf import tf
 from allreduce.graph.wire import PLAIN, Packet, Wire
+from allreduce.planning.algorithms.base import CPU, AlgorithmInfo
 from allreduce.planning.devices import other_cpu_of_worker, parse_device_name, shares_memory
-from allreduce.planning.registry import CPU, AlgorithmInfo
 from allreduce.planning.schedules import ALIGN_BYTES, HOP_MIN_BYTES, aligned_split_sizes, halves_hosts
 
 __all__ = [
     "ALIGN_BYTES",
+    "BUILDERS",
+    "HIERARCHICAL",
     "HOP_MIN_BYTES",
     "BuildContext",
+    "Builders",
+    "builder_of",
     "aligned_split_sizes",
     "broadcast",
     "concat_1d",
@@ -27,12 +32,60 @@ __all__ = [
     "forward",
     "graph_cached",
     "reduce_to_one",
+    "reducer_of",
     "run_all_reduce",
     "shares_memory",
     "split_1d",
     "split_on",
     "sum_on",
 ]
+
+
+class Builders(NamedTuple):
+    """A built-in algorithm's graph functions: its all-reduce and, if it has one, its reducer."""
+
+    all_reduce: Callable[..., Any]
+    reduce: Callable[..., Any] | None = None
+
+
+#: The key of the builder every hierarchical ``A/B`` shares in :data:`BUILDERS`.
+HIERARCHICAL = "A/B"
+
+#: Each built-in algorithm's :class:`Builders`, by the name its declaration gives; the
+#: package ``allreduce.graph.algorithms`` fills it in when it is first imported.
+BUILDERS: dict[str, Builders] = {}
+
+
+def _bound(info: AlgorithmInfo) -> Builders:
+    key = HIERARCHICAL if info.levels else info.name
+    if key not in BUILDERS:
+        raise ValueError(
+            f"algorithm {info.name!r} has no builder: give one to its AlgorithmInfo, or bind "
+            "its name in allreduce.graph.algorithms"
+        )
+    return BUILDERS[key]
+
+
+def builder_of(info: AlgorithmInfo) -> Callable[..., Any]:
+    """The function that builds ``info``: its own (registered at run time) or the bound one.
+
+    Raises:
+        ValueError: it has none.
+    """
+    return info.builder if callable(info.builder) else _bound(info).all_reduce
+
+
+def reducer_of(info: AlgorithmInfo) -> Callable[..., Any] | None:
+    """The function that leaves ``info``'s sum on one device, or ``None`` if it has none.
+
+    Raises:
+        ValueError: it declares a reducer and none is bound to its name.
+    """
+    if not info.reducer:
+        return None
+    if callable(info.reducer):
+        return info.reducer
+    return _bound(info).reduce
 
 
 @dataclass(frozen=True)
@@ -74,7 +127,7 @@ def run_all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: Bui
         raise ValueError(problem)
     if len(values) == 1:
         return [values[0]]
-    results = list(ctx.info.load_builder()(list(values), list(devices), ctx))
+    results = list(builder_of(ctx.info)(list(values), list(devices), ctx))
     if len(results) != len(values) or any(r is None for r in results):
         raise RuntimeError(f"{ctx.info.name} returned {len(results)} results for {len(values)} inputs")
     return results
@@ -95,7 +148,7 @@ def reduce_to_one(
     has one, else with its all-reduce (keeping the first device's result)."""
     if len(values) == 1:
         return values[0], devices[0]
-    reducer = ctx.info.load_reducer()
+    reducer = reducer_of(ctx.info)
     if reducer is not None:
         return reducer(list(values), list(devices), ctx)
     return run_all_reduce(values, devices, ctx)[0], devices[0]

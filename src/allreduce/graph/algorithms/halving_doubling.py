@@ -3,7 +3,7 @@
 The largest power-of-two subset of the devices runs the algorithm; each other device
 first folds its input into a partner and gets the result back at the end. Halves are
 near-equal, so the length need not divide. See
-:func:`allreduce.planning.schedules.halving_doubling_plan`.
+:func:`allreduce.planning.algorithms.halving_doubling.halving_doubling_plan`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from allreduce.core._tf import tf
 from allreduce.graph.algorithms.base import BuildContext, concat_each, forward, shares_memory, split_on
 from allreduce.graph.wire import Packet
-from allreduce.planning.schedules import HalvingDoublingPlan, halving_doubling_plan
+from allreduce.planning.algorithms.halving_doubling import HalvingDoublingPlan, halving_doubling_plan
 
 
 def _halve(

@@ -1,7 +1,7 @@
 """Ring all-reduce (``xring#k``): a reduce-scatter then an all-gather around a ring.
 
 The vector is cut into ``k`` subchunks, each reduced by its own ring with a rotated
-device order (:func:`allreduce.planning.schedules.ring_orders`); each subchunk is cut into one
+device order (:func:`allreduce.planning.algorithms.ring.ring_orders`); each subchunk is cut into one
 near-equal chunk per device (whole multiples of 64 bytes where the length allows, so
 that cutting copies nothing), so sizes need not divide. Empty chunks (a vector shorter
 than the ring) emit nothing. CPUs of one worker share memory: after the all-gather they
@@ -23,7 +23,7 @@ from allreduce.graph.algorithms.base import (
     split_on,
 )
 from allreduce.graph.wire import Packet
-from allreduce.planning.schedules import ring_orders
+from allreduce.planning.algorithms.ring import ring_orders
 
 
 def reduce_scatter(
@@ -34,7 +34,7 @@ def reduce_scatter(
     each sum on device ``order[c - 1]``.
 
     Chunk ``c`` starts at ring position ``c`` and each next position adds its piece, as
-    :func:`allreduce.planning.schedules.ring_reduce_scatter_steps` schedules it.
+    :func:`allreduce.planning.algorithms.ring.ring_reduce_scatter_steps` schedules it.
     """
     n = len(order)
     sums = {}

@@ -1,6 +1,6 @@
 """2-D torus all-reduce (``torus#r``; Mikami et al. 2018, Horovod's torus all-reduce).
 
-The devices form ``r`` rows of ``n / r`` (:func:`allreduce.planning.schedules.torus_grid`):
+The devices form ``r`` rows of ``n / r`` (:func:`allreduce.planning.algorithms.torus.torus_grid`):
 each row reduce-scatters its chunks around a ring, each column all-reduces the chunk
 its members own (a ring over ``r`` devices), and each row all-gathers the results. A
 device sends ``2 (n - 1) / n`` of the vector in all, as a ring does, but in
@@ -21,8 +21,8 @@ from allreduce.graph.algorithms.base import (
 )
 from allreduce.graph.algorithms.ring import all_gather, reduce_scatter
 from allreduce.graph.wire import Packet
+from allreduce.planning.algorithms.torus import torus_grid
 from allreduce.planning.registry import get_algorithm
-from allreduce.planning.schedules import torus_grid
 
 
 def all_reduce(values: Sequence[tf.Tensor], devices: Sequence[str], ctx: BuildContext) -> list[tf.Tensor]:
