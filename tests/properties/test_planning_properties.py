@@ -9,15 +9,11 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from allreduce import extract_ranges, group_device_names
+from allreduce.planning.algorithms.halving_doubling import halving_doubling_plan
+from allreduce.planning.algorithms.ring import ring_all_gather_steps, ring_orders, ring_reduce_scatter_steps
 from allreduce.planning.devices import group_by_worker, parse_device_name
 from allreduce.planning.ranges import plan_small_tensor_packs
-from allreduce.planning.schedules import (
-    halving_doubling_plan,
-    ring_all_gather_steps,
-    ring_orders,
-    ring_reduce_scatter_steps,
-    split_sizes,
-)
+from allreduce.planning.schedules import split_sizes
 from tests.strategies import device_names
 
 increasing_indices = st.lists(st.integers(0, 200), unique=True, max_size=60).map(sorted)

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import allreduce
 from allreduce.measure.contenders import default_specs
-from allreduce.planning import cost, roundings
+from allreduce.planning import roundings
+from allreduce.planning.algorithms.simple import simple_cost
 from allreduce.planning.registry import CPU, AlgorithmInfo, algorithm_names, register, unregister
 from allreduce.selection.candidates import candidate_specs
 from tests.cases import check_outcome, run_case
@@ -45,7 +46,7 @@ def toy() -> Iterator[AlgorithmInfo]:
             toy_all_reduce,
             frozenset({CPU}),
             roundings=roundings.gather_roundings,
-            cost=cost.simple,
+            cost=simple_cost,
         )
     )
     try:

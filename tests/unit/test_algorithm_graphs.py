@@ -14,9 +14,9 @@ import pytest
 import tensorflow as tf
 
 import allreduce
+from allreduce.planning.algorithms.torus import torus_grid
 from allreduce.planning.devices import group_device_names
 from allreduce.planning.registry import algorithm_names, get_algorithm
-from allreduce.planning.schedules import torus_grid
 from tests.strategies import cpu
 
 SUMS = ("AddN", "AddV2")

@@ -295,7 +295,7 @@ def test_error_bound_arguments(kwargs: dict, error: type, message: str) -> None:
 
 
 def test_an_algorithm_without_a_declared_path_has_no_bound() -> None:
-    info = AlgorithmInfo("undeclared", "no path", "simple:simple", frozenset({"CPU"}))
+    info = AlgorithmInfo("undeclared", "no path", None, frozenset({"CPU"}))
     with pytest.raises(ValueError, match="'undeclared' declares no rounding path"):
         _flat_path(info, 4, 1)
     with pytest.raises(ValueError, match="'undeclared' declares no rounding path"):

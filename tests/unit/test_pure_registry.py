@@ -8,6 +8,7 @@ import re
 import pytest
 
 from allreduce.planning import registry
+from allreduce.planning.algorithms.hierarchical import hierarchical_cost
 from allreduce.planning.registry import (
     CPU,
     GPU,
@@ -49,7 +50,8 @@ def test_every_pair_of_composable_algorithms_is_hierarchical(lower: str, upper: 
     low, up = get_algorithm(lower), get_algorithm(upper)
     assert info.name == name
     assert info.levels == (lower, upper) and info.is_hierarchical
-    assert info.builder == "hierarchical:all_reduce" and info.reducer is None
+    assert info.builder is None and info.reducer is None
+    assert info.level_infos == (low, up)
     assert info.device_types == low.device_types
     assert info.distinct_devices == low.distinct_devices
     assert info.composable is False and info.reduces is True
@@ -62,7 +64,7 @@ def test_every_pair_of_composable_algorithms_is_hierarchical(lower: str, upper: 
     assert info.physical_devices == (low.physical_devices or up.physical_devices)
     assert info.emulable == (low.emulable and up.emulable)
     assert info.failure_note == (low.failure_note or up.failure_note)
-    assert info.cost == ("hierarchical" if low.cost and up.cost else None)
+    assert info.cost is (hierarchical_cost if low.cost and up.cost else None)
 
 
 def test_the_pairs_of_nccl_and_collective_carry_their_declarations() -> None:
@@ -70,7 +72,7 @@ def test_the_pairs_of_nccl_and_collective_carry_their_declarations() -> None:
     assert not get_algorithm("xring/collective").emulable and not get_algorithm("collective/xring").emulable
     assert get_algorithm("collective/xring").failure_note == get_algorithm("collective").failure_note
     assert get_algorithm("xring/collective").failure_note == get_algorithm("collective").failure_note
-    assert get_algorithm("xring/pscpu").cost == "hierarchical"
+    assert get_algorithm("xring/pscpu").cost is hierarchical_cost
 
 
 def test_a_shard_count_of_one_is_always_accepted() -> None:
@@ -118,7 +120,7 @@ def test_flat_entries_are_the_registered_objects() -> None:
 
 
 def test_register_adds_a_new_name(scratch_registry: dict[str, AlgorithmInfo]) -> None:
-    info = AlgorithmInfo("myX-ring_2", "a test entry", "ring:all_reduce", frozenset({CPU}), shards="rings")
+    info = AlgorithmInfo("myX-ring_2", "a test entry", None, frozenset({CPU}), shards="rings")
     assert register(info) is info
     assert get_algorithm("myX-ring_2") is info
     assert algorithm_names()[-1] == "myX-ring_2"
@@ -127,7 +129,7 @@ def test_register_adds_a_new_name(scratch_registry: dict[str, AlgorithmInfo]) ->
 
 def test_register_rejects_a_taken_name(scratch_registry: dict[str, AlgorithmInfo]) -> None:
     with pytest.raises(ValueError, match=re.escape("algorithm 'pscpu' is already registered")):
-        register(AlgorithmInfo("pscpu", "again", "shuffle:all_reduce_on_cpus", frozenset({CPU})))
+        register(AlgorithmInfo("pscpu", "again", None, frozenset({CPU})))
     assert scratch_registry["pscpu"] is get_algorithm("pscpu")
 
 
@@ -138,7 +140,7 @@ def test_register_rejects_names_with_spec_delimiters(
     before = dict(scratch_registry)
     message = f"invalid algorithm name {name!r}: it may not contain ':', '#' or '/'"
     with pytest.raises(ValueError, match=re.escape(message)):
-        register(AlgorithmInfo(name, "bad", "ring:all_reduce", frozenset({CPU})))
+        register(AlgorithmInfo(name, "bad", None, frozenset({CPU})))
     assert scratch_registry == before
 
 
@@ -147,25 +149,76 @@ def test_composable_flags() -> None:
     assert all(get_algorithm(n).reduces for n in algorithm_names() if n != "trivial")
 
 
-@pytest.mark.parametrize("name", algorithm_names())
-def test_builders_and_reducers_resolve_to_their_module_functions(name: str) -> None:
-    info = get_algorithm(name)
-    module, function = info.builder.split(":")
-    builder = info.load_builder()
-    assert callable(builder)
-    assert (builder.__module__, builder.__name__) == (f"allreduce.graph.algorithms.{module}", function)
-    reducer = info.load_reducer()
-    if info.reducer is None:
-        assert reducer is None
-    else:
-        module, function = info.reducer.split(":")
-        assert (reducer.__module__, reducer.__name__) == (f"allreduce.graph.algorithms.{module}", function)
+def _declared_in(info: AlgorithmInfo) -> str:
+    """The one module of ``allreduce.planning.algorithms`` that declares ``info`` (exports it)."""
+    import importlib
+    import pkgutil
+
+    from allreduce.planning import algorithms
+
+    found = []
+    for module in pkgutil.iter_modules(algorithms.__path__):
+        loaded = importlib.import_module(f"{algorithms.__name__}.{module.name}")
+        found += [loaded.__name__ for name in loaded.__all__ if getattr(loaded, name) is info]
+    assert len(found) == 1, (info.name, found)
+    return found[0]
+
+
+@pytest.mark.parametrize("info", registry.BUILT_IN, ids=lambda info: info.name)
+def test_each_built_in_is_declared_in_one_pure_module_and_built_in_the_graph_module_of_its_name(
+    info: AlgorithmInfo,
+) -> None:
+    from allreduce.graph.algorithms import BUILDERS, builder_of, reducer_of
+
+    home = _declared_in(info)
+    assert home.startswith("allreduce.planning.algorithms.")
+    assert get_algorithm(info.name) is info and info.builder is None and info.reducer in (None, True)
+    bound = BUILDERS[info.name]
+    assert builder_of(info) is bound.all_reduce and reducer_of(info) is bound.reduce
+    assert (bound.reduce is None) == (info.reducer is None)
+    modules = {f.__module__ for f in bound if f is not None}
+    assert modules == {home.replace("allreduce.planning.", "allreduce.graph.")}
+
+
+def test_the_graph_layer_binds_exactly_the_built_in_names() -> None:
+    from allreduce.graph.algorithms import BUILDERS, HIERARCHICAL
+
+    assert list(BUILDERS) == [info.name for info in registry.BUILT_IN] + [HIERARCHICAL]
+    assert [info.name for info in registry.BUILT_IN] == algorithm_names()
 
 
 def test_hierarchical_builder_resolves() -> None:
-    builder = get_algorithm("pscpu/xring").load_builder()
+    from allreduce.graph.algorithms import builder_of, reducer_of
+
+    builder = builder_of(get_algorithm("pscpu/xring"))
     assert (builder.__module__, builder.__name__) == ("allreduce.graph.algorithms.hierarchical", "all_reduce")
-    assert get_algorithm("pscpu/xring").load_reducer() is None
+    assert reducer_of(get_algorithm("pscpu/xring")) is None
+
+
+def test_builders_given_at_registration_are_used_as_they_are() -> None:
+    from allreduce.graph.algorithms import builder_of, reducer_of
+
+    def build(values, devices, ctx):  # pragma: no cover - never built here
+        return values
+
+    def reduce(values, devices, ctx):  # pragma: no cover - never built here
+        return values[0], devices[0]
+
+    info = AlgorithmInfo("own", "own builders", build, frozenset({CPU}), reducer=reduce)
+    assert builder_of(info) is build and reducer_of(info) is reduce
+    assert reducer_of(AlgorithmInfo("own", "no reducer", build, frozenset({CPU}))) is None
+
+
+@pytest.mark.parametrize("reducer", [None, True])
+def test_an_algorithm_with_no_builder_bound_is_refused_naming_it(reducer: bool | None) -> None:
+    from allreduce.graph.algorithms import builder_of, reducer_of
+
+    info = AlgorithmInfo("unbound", "no builder", None, frozenset({CPU}), reducer=reducer)
+    with pytest.raises(ValueError, match="algorithm 'unbound' has no builder"):
+        builder_of(info)
+    if reducer:
+        with pytest.raises(ValueError, match="algorithm 'unbound' has no builder"):
+            reducer_of(info)
 
 
 # --- why an algorithm cannot run: the rules the registry declares ---------------------------

@@ -9,18 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from allreduce.planning.schedules import (
-    ALIGN_BYTES,
-    HOP_MIN_BYTES,
-    HalvingDoublingPlan,
+from allreduce.planning.algorithms.halving_doubling import HalvingDoublingPlan, halving_doubling_plan
+from allreduce.planning.algorithms.ring import (
     Transfer,
-    aligned_split_sizes,
-    halving_doubling_plan,
     ring_all_gather_steps,
     ring_orders,
     ring_reduce_scatter_steps,
-    split_sizes,
 )
+from allreduce.planning.schedules import ALIGN_BYTES, HOP_MIN_BYTES, aligned_split_sizes, split_sizes
 
 
 def test_split_sizes_examples() -> None:
@@ -118,13 +114,13 @@ def test_halving_doubling_plan_rejects_bad_counts(n: int, length: int, message: 
     ("n", "rows"), [(1, 1), (2, 1), (3, 1), (4, 2), (6, 2), (8, 2), (9, 3), (12, 3), (16, 4), (7, 1)]
 )
 def test_a_torus_chooses_the_largest_divisor_up_to_the_square_root(n: int, rows: int) -> None:
-    from allreduce.planning.schedules import torus_rows
+    from allreduce.planning.algorithms.torus import torus_rows
 
     assert torus_rows(n) == rows and torus_rows(n, 1) == rows
 
 
 def test_a_torus_grid_is_row_major_and_a_given_row_count_is_kept() -> None:
-    from allreduce.planning.schedules import torus_grid, torus_rows
+    from allreduce.planning.algorithms.torus import torus_grid, torus_rows
 
     assert torus_rows(8, 4) == 4
     assert torus_grid(6, 3) == [[0, 1], [2, 3], [4, 5]]
@@ -138,7 +134,7 @@ def test_a_torus_grid_is_row_major_and_a_given_row_count_is_kept() -> None:
     [(6, 4, "torus#4: 4 rows do not divide 6 devices"), (0, 1, "got 0, 1"), (4, 0, "got 4, 0")],
 )
 def test_a_torus_refuses_counts_that_do_not_fit(n: int, rows: int, message: str) -> None:
-    from allreduce.planning.schedules import torus_grid
+    from allreduce.planning.algorithms.torus import torus_grid
 
     with pytest.raises(ValueError, match=re.escape(message)):
         torus_grid(n, rows)

@@ -172,7 +172,7 @@ def test_registry_rejects_duplicates_and_bad_names() -> None:
         register(info)
     for bad in ["a:b", "a#b", "a/b", ""]:
         with pytest.raises(ValueError, match="invalid algorithm name"):
-            register(AlgorithmInfo(bad, "x", "ring:all_reduce", info.device_types))
+            register(AlgorithmInfo(bad, "x", None, info.device_types))
 
 
 def test_hierarchical_entries_describe_their_levels() -> None:
