@@ -3,7 +3,8 @@
 A module of ``src/allreduce`` belongs to a layer when it says so on a line of its own:
 
 - ``__layer__ = "pure"``: the planning layer (spec, devices, ranges, schedules, the
-  registry, the batch plan), pure Python over names and sizes;
+  registry and each algorithm's declaration, the batch plan), pure Python over names and
+  sizes;
 - ``__layer__ = "model"``: the numerical models over that plan (the cost model and the
   tuning, the compression error bound), pure Python too.
 

@@ -1,7 +1,8 @@
 """Mutation testing with mutmut: the pure layer, and the TensorFlow-emitting algorithm modules.
 
-    python tools/mutation.py pure                # the planning layer (__layer__ = "pure")
-    python tools/mutation.py algorithms          # every module the registry names a builder in
+    python tools/mutation.py pure                # the planning layer (__layer__ = "pure"), with
+                                                 # each algorithm's declaration module
+    python tools/mutation.py algorithms          # every module the graph layer binds a builder from
     python tools/mutation.py pure algorithms --max-children 2   # both (tox -e mutation)
 
 Each target runs in its own copy of the tree, ``build/mutation/<target>/``, so that the two
@@ -47,29 +48,33 @@ def say(*parts: object, stream: TextIO = sys.stdout) -> None:
 STAGING = ROOT / "build" / "mutation"
 
 
-def _registry():
-    """The algorithm registry, imported from the source tree (it needs no TensorFlow)."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from allreduce.planning import registry
-
-    return registry
+def _source_tree() -> None:
+    """Imports the package from the source tree."""
+    if str(ROOT / "src") not in sys.path:
+        sys.path.insert(0, str(ROOT / "src"))
 
 
 def algorithm_modules() -> dict[str, bool]:
-    """Each module the registry names a builder or reducer in, with whether its code can
-    run on a machine without GPUs (some algorithm of it runs on CPUs, or its graph runs
+    """Each module the graph layer binds a builder or reducer from
+    (``allreduce.graph.algorithms.BUILDERS``, which needs TensorFlow), with whether its code
+    can run on a machine without GPUs (some algorithm of it runs on CPUs, or its graph runs
     soft-placed onto one CPU)."""
-    registry = _registry()
-    infos = [registry.get_algorithm(n) for n in registry.algorithm_names()]
-    composable = [i.name for i in infos if i.composable]
-    if composable:  # the hierarchical builder, which every A/B pair names
-        infos.append(registry.get_algorithm(f"{composable[0]}/{composable[0]}"))
+    _source_tree()
+    from allreduce.graph.algorithms import BUILDERS, HIERARCHICAL
+    from allreduce.planning import registry
+
+    composable = [n for n in registry.algorithm_names() if registry.get_algorithm(n).composable]
+    # The hierarchical builder, which every A/B pair shares, is judged by a pair's entry.
+    names = {name: name for name in BUILDERS if name != HIERARCHICAL}
+    if composable:
+        names[HIERARCHICAL] = f"{composable[0]}/{composable[0]}"
     runnable: dict[str, bool] = {}
-    for info in infos:
+    for key, name in names.items():
+        info = registry.get_algorithm(name)
         cpu = registry.CPU in info.device_types or info.emulable
-        for target in (info.builder, info.reducer):
-            if target:
-                module = f"src/allreduce/graph/algorithms/{target.split(':')[0]}.py"
+        for function in BUILDERS[key]:
+            if function is not None:
+                module = _path_of(function.__module__)
                 runnable[module] = runnable.get(module, False) or cpu
     return runnable
 
@@ -80,7 +85,8 @@ def _tests(*patterns: str) -> list[str]:
 
 def targets() -> dict[str, dict[str, object]]:
     """Settings that differ from ``[tool.mutmut]`` per target; the files come from the
-    modules' own declarations (``tools/layers.py``) and the registry."""
+    modules' own declarations (``tools/layers.py``: the pure layer, which holds each
+    algorithm's declaration module) and the graph layer's table of builders."""
     sys.path.insert(0, str(ROOT / "tools"))
     from layers import pure_paths
 
@@ -93,6 +99,7 @@ def targets() -> dict[str, dict[str, object]]:
                 "tests/unit/test_spec.py",
                 "tests/unit/test_seed_defects.py",
                 "tests/properties/test_spec_properties.py",
+                "tests/properties/test_cost_properties.py",
                 "tests/properties/test_planning_properties.py",
             ),
         },
