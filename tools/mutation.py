@@ -50,6 +50,7 @@ STAGING = ROOT / "build" / "mutation"
 
 def _source_tree() -> None:
     """Imports the package from the source tree."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if str(ROOT / "src") not in sys.path:
         sys.path.insert(0, str(ROOT / "src"))
 
