@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from allreduce.bench.interrupts import Interrupts
@@ -25,6 +26,9 @@ from allreduce.measure.driver import Result
 __all__ = ["describe_mode", "measure_spmd"]
 
 logger = logging.getLogger(__name__)
+
+#: How long ``--tune`` lets the workers run at most (the budget bounds the measuring).
+_TUNE_S = 24 * 3600.0
 
 
 def describe_mode(workers: int, devices: int) -> str:
@@ -67,20 +71,34 @@ def _title(options: Options, tf_version: str) -> str:
     )
 
 
-def _tune(options: Options, cases: Sequence[Case]) -> int:
-    from allreduce.bench.tuning_report import case_sizes, format_tuning
-    from allreduce.tuning.spmd import tune_on_local_workers
+@dataclass(frozen=True)
+class _TuneOnWorker:
+    """What each worker runs for ``--tune`` (picklable; it imports the tuner in the
+    worker, so that this process never imports TensorFlow)."""
 
-    entry = tune_on_local_workers(
-        options.workers or 0,
-        options.devices,
-        case_sizes(cases),
-        dtype=options.dtype,
-        budget_s=options.tune_budget,
-        specs=[s for s in options.specs or () if s != "auto"] or None,
-        refresh=options.retune,
-        timeout_s=options.op_timeout,
-    )
+    sizes: tuple[int, ...]
+    settings: tuple[tuple[str, Any], ...]
+
+    def __call__(self) -> dict[str, Any]:
+        from allreduce.tuning.spmd import tune_spmd_entry
+
+        return tune_spmd_entry(list(self.sizes), **dict(self.settings))
+
+
+def _tune(options: Options, cases: Sequence[Case]) -> int:
+    from allreduce import spmd
+    from allreduce.bench.tuning_report import case_sizes, format_tuning
+
+    settings = {
+        "dtype": options.dtype,
+        "budget_s": options.tune_budget,
+        "specs": [s for s in options.specs or () if s != "auto"] or None,
+        "refresh": options.retune,
+        "devices_per_worker": options.devices,
+        "timeout_s": options.op_timeout,
+    }
+    fn = _TuneOnWorker(tuple(case_sizes(cases)), tuple(settings.items()))
+    entry = spmd.launch(fn, options.workers or 0, devices_per_worker=options.devices, timeout_s=_TUNE_S)[0]
     sys.stdout.write(format_tuning(entry) + "\n")
     return EXIT_OK
 
@@ -103,7 +121,10 @@ def measure_spmd(
     assert cases is not None  # --spmd refuses --workload model
     workers = options.workers or 0
     if options.tune:
-        return _tune(options, cases)
+        try:
+            return _tune(options, cases)
+        except WorkerError as err:
+            return _worker_failed(err)
     specs = options.specs or default_spmd_specs(workers, options.devices)
     contenders = spmd_contenders(specs, peer=options.peers != (), peer_required=options.peers is not None)
     plan = Plan(
@@ -131,6 +152,11 @@ def measure_spmd(
         try:
             run_spmd(plan, workers, on_case=on_case, poll=interrupts.check)
         except WorkerError as err:
-            sys.stderr.write(f"allreduce-bench: error: {' '.join(str(err).split())[:2000]}\n")
-            return EXIT_FAILED
+            return _worker_failed(err)
     return None
+
+
+def _worker_failed(err: Exception) -> int:
+    """Reports a worker that failed, on one line (its traceback shortened); the exit status."""
+    sys.stderr.write(f"allreduce-bench: error: {' '.join(str(err).split())[:2000]}\n")
+    return EXIT_FAILED
