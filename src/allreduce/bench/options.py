@@ -201,13 +201,13 @@ def _check(options: Options, given: Mapping[str, Any]) -> None:
         raise UsageError("--retune measures a tuning again: use it with --tune")
     if options.min_bytes > options.max_bytes:
         raise UsageError(f"--min-bytes ({options.min_bytes}) exceeds --max-bytes ({options.max_bytes})")
+    _check_peers(options)
+    if options.spmd:
+        _check_spmd(options)
     if options.ray is not None:
         _check_ray(options, given)
     if options.connect is not None:
         _check_connect(options, given)
-    _check_peers(options)
-    if options.spmd:
-        _check_spmd(options)
     if options.workers is not None and options.device_type != "cpu":
         raise UsageError("--workers starts CPU workers: use it with --device-type cpu")
     limit = max_exact_devices(options.dtype, rounding=options.compression != ("none",))
