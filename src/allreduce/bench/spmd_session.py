@@ -88,11 +88,12 @@ class _TuneOnWorker:
 def _tune(options: Options, cases: Sequence[Case]) -> int:
     from allreduce import spmd
     from allreduce.bench.tuning_report import case_sizes, format_tuning
+    from allreduce.selection.auto import is_auto
 
     settings = {
         "dtype": options.dtype,
         "budget_s": options.tune_budget,
-        "specs": [s for s in options.specs or () if s != "auto"] or None,
+        "specs": [s for s in options.specs or () if not is_auto(s)] or None,
         "refresh": options.retune,
         "devices_per_worker": options.devices,
         "timeout_s": options.op_timeout,
