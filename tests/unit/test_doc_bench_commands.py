@@ -14,8 +14,8 @@ last occurrence of an option wins):
 Building the model is what used to start TensorFlow before the devices were split, so
 each ``--workload model`` command runs in a fresh process of its own. The other
 single-process commands share one process, and the ``--workers`` commands another (one
-local cluster, or one set of ``--spmd`` worker processes, after the other); the processes run side by side, with a cache folder of
-their own.
+local cluster, or one set of ``--spmd`` worker processes, after the other); the
+processes run side by side, with a cache folder of their own.
 """
 
 from __future__ import annotations
