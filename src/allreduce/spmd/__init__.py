@@ -13,7 +13,8 @@ shuffle to a root worker ``pscpu``) or as TensorFlow's ``CollectiveReduceV2``
 
 Modules: :mod:`~allreduce.spmd.keys` and :mod:`~allreduce.spmd.programs` (pure: the
 collective keys and each worker's steps, from :mod:`allreduce.planning.schedules`),
-:mod:`~allreduce.spmd.emit` (the ops), :mod:`~allreduce.spmd.runtime` (the cluster and
+:mod:`~allreduce.spmd.specs` (pure: which specs run in SPMD mode, and the
+device names that stand for a cluster's shape), :mod:`~allreduce.spmd.emit` (the ops), :mod:`~allreduce.spmd.runtime` (the cluster and
 TensorFlow's collective runtime), :mod:`~allreduce.spmd.api` (the entry points) and
 :mod:`~allreduce.spmd.launcher` (local worker processes).
 
@@ -30,7 +31,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "CAPABLE": "allreduce.spmd.api",
+    "CAPABLE": "allreduce.spmd.specs",
     "all_reduce": "allreduce.spmd.api",
     "batch_all_reduce": "allreduce.spmd.api",
     "launch": "allreduce.spmd.launcher",
