@@ -140,7 +140,6 @@ def measure_spmd(
     )
     outcome.devices = cluster_devices(workers, options.devices)
     outcome.title = _title(options, tf_version)
-    logger.info("contenders: %s", ", ".join(c.name for c in contenders))
     sys.stdout.write(format_header(outcome.title) + "\n")
     sys.stdout.flush()
 
