@@ -95,6 +95,15 @@ def _usage_cases(tmp) -> dict[str, list[str]]:
         "ray without workers": ["--ray", "--devices", "2"],
         "ray and connect": ["--ray", "auto", "--workers", "2", "--connect", '{"worker": ["127.0.0.1:5000"]}'],
         "ray address malformed": ["--ray", "no port here", "--workers", "2"],
+        "spmd and connect": ["--spmd", "--workers", "2", "--connect", '{"worker": ["127.0.0.1:5000"]}'],
+        "spmd and ray": ["--spmd", "--workers", "2", "--ray"],
+        "spmd without workers": ["--spmd", "--devices", "2"],
+        "spmd with one worker": ["--spmd", "--workers", "1"],
+        "spmd spec without an spmd form": ["--spmd", "--workers", "2", "--specs", "xring,simple"],
+        "spmd compression": ["--spmd", "--workers", "2", "--compression", "bf16"],
+        "spmd model": ["--spmd", "--workers", "2", "--workload", "model"],
+        "spmd other peers": ["--spmd", "--workers", "2", "--peers", "numpy"],
+        "spmd peer without spmd": ["--peers", "tf:CollectiveReduceV2"],
     }
 
 
@@ -128,6 +137,15 @@ _WORDS = {
     "ray without workers": "--ray needs --workers N",
     "ray and connect": "--ray does not go with --connect",
     "ray address malformed": "--ray: ",
+    "spmd and connect": "--spmd does not go with --connect",
+    "spmd and ray": "--spmd does not go with --ray",
+    "spmd without workers": "--spmd needs --workers N with N >= 2",
+    "spmd with one worker": "--spmd needs --workers N with N >= 2",
+    "spmd spec without an spmd form": "--specs: spec 'simple': 'simple' cannot run across workers in SPMD",
+    "spmd compression": "--compression does not go with --spmd",
+    "spmd model": "--spmd measures --workload sweep or many-small",
+    "spmd other peers": "with --spmd the one peer is tf:CollectiveReduceV2",
+    "spmd peer without spmd": "use it with --spmd",
 }
 _INFO = {"help": ["--help"], "version": ["--version"], "list specs": ["--list-specs"]}
 

@@ -14,8 +14,8 @@ last occurrence of an option wins):
 Building the model is what used to start TensorFlow before the devices were split, so
 each ``--workload model`` command runs in a fresh process of its own. The other
 single-process commands share one process, and the ``--workers`` commands another (one
-local cluster after the other); the processes run side by side, with a cache folder of
-their own.
+local cluster, or one set of ``--spmd`` worker processes, after the other); the
+processes run side by side, with a cache folder of their own.
 """
 
 from __future__ import annotations
@@ -140,6 +140,8 @@ def test_the_documents_show_the_commands_the_issue_named() -> None:
     assert "--tune --workload model --model ResNet50" in commands
     assert "--specs auto,xring --workload model --explain" in commands
     assert any(c.startswith("--workers 2 --devices 2") for c in commands)
+    assert any(c.startswith("--spmd --workers 4 --devices 1") for c in commands)
+    assert "--spmd --workers 2 --devices 2 --tune" in commands
 
 
 def test_shrinking_appends_and_keeps_the_command() -> None:

@@ -113,8 +113,9 @@ def _compressions(text: str) -> tuple[str, ...]:
 
 def _peers(text: str) -> tuple[str, ...]:
     from allreduce.measure.peers import peer_names
+    from allreduce.measure.spmd_driver import PEER_NAME
 
-    names, known = _names(text), peer_names()
+    names, known = _names(text), [*peer_names(), PEER_NAME]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise argparse.ArgumentTypeError(_unknown("peer", unknown, known))
@@ -183,6 +184,12 @@ def _add_what(p: argparse.ArgumentParser, d: Options) -> None:
         metavar="ADDRESS",
         help="run --workers N Ray actors with --devices K each: on a Ray cluster at ADDRESS "
         "('auto', 'ray://host:port' or 'host:port'), or without ADDRESS on a local Ray",
+    )
+    p.add_argument(
+        "--spmd",
+        action="store_true",
+        help="SPMD mode: --workers N local processes with --devices K each, every one building only "
+        "its own part, with TensorFlow's CollectiveReduceV2 as the peer",
     )
     p.add_argument(
         "--compression",

@@ -119,6 +119,7 @@ class Options:
     workers: int | None = None
     connect: str | None = None
     ray: str | None = None
+    spmd: bool = False
     compression: tuple[str, ...] = ("none",)
     op_timeout: float = 120.0
     allocator: str = "bfc"
@@ -200,6 +201,9 @@ def _check(options: Options, given: Mapping[str, Any]) -> None:
         raise UsageError("--retune measures a tuning again: use it with --tune")
     if options.min_bytes > options.max_bytes:
         raise UsageError(f"--min-bytes ({options.min_bytes}) exceeds --max-bytes ({options.max_bytes})")
+    _check_peers(options)
+    if options.spmd:
+        _check_spmd(options)
     if options.ray is not None:
         _check_ray(options, given)
     if options.connect is not None:
@@ -260,3 +264,37 @@ def _check_connect(options: Options, given: Mapping[str, Any]) -> None:
                 "each worker's devices are those it serves (allreduce-worker --devices N or --gpus)"
             )
     connect_spec(options.connect)
+
+
+def _check_peers(options: Options) -> None:
+    from allreduce.measure.spmd_driver import PEER_NAME
+
+    if options.spmd and options.peers and set(options.peers) != {PEER_NAME}:
+        raise UsageError(f"--peers: with --spmd the one peer is {PEER_NAME} (or --no-peers)")
+    if not options.spmd and options.peers and PEER_NAME in options.peers:
+        raise UsageError(f"--peers {PEER_NAME} is the peer of --spmd: use it with --spmd")
+
+
+def _check_spmd(options: Options) -> None:
+    """``--spmd``: local worker processes, specs that run in SPMD mode, no compression."""
+    for other in ("connect", "ray"):
+        if getattr(options, other) is not None:
+            raise UsageError(f"--spmd does not go with --{other}: it starts its own local worker processes")
+    if options.workers is None or options.workers < 2:
+        raise UsageError("--spmd needs --workers N with N >= 2 (one process per worker)")
+    if options.workload == "model":
+        raise UsageError("--spmd measures --workload sweep or many-small, not model")
+    if options.compression != ("none",):
+        raise UsageError("--compression does not go with --spmd: SPMD mode does not compress")
+    if options.explain:
+        raise UsageError("--explain does not go with --spmd: its plans are those of the one-client mode")
+    from allreduce.planning.spec import parse_all_reduce_spec
+    from allreduce.selection.auto import is_auto
+    from allreduce.spmd.specs import check_spmd_spec
+
+    for spec in options.specs or ():
+        if not is_auto(spec):
+            try:
+                check_spmd_spec(parse_all_reduce_spec(spec))
+            except ValueError as err:
+                raise UsageError(f"--specs: {err}") from None

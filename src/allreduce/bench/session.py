@@ -28,6 +28,7 @@ from allreduce.bench.options import (
 )
 from allreduce.bench.preflight import check_memory, check_model_name
 from allreduce.bench.report import format_header, format_rows, format_summary, to_json
+from allreduce.bench.spmd_session import measure_spmd
 from allreduce.core.quiet import import_tensorflow
 from allreduce.measure.cases import Case, max_exact_devices, shapes_case
 from allreduce.measure.contenders import Contender, Setup, SpecContender, default_specs
@@ -387,7 +388,7 @@ def run(options: Options, cases: Sequence[Case] | None = None) -> int:
     outcome = _Outcome()
     with Interrupts() as interrupts:
         try:
-            status = _run(options, cases, interrupts, outcome)
+            status = (measure_spmd if options.spmd else _run)(options, cases, interrupts, outcome)
             interrupts.check()  # one that a finalizer swallowed after the last check
         except KeyboardInterrupt:
             logger.info("interrupted after %d results", len(outcome.results))

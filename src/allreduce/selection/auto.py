@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,9 @@ UNCALIBRATED = (
     "default parameters, not calibrated on this machine: its times are uncalibrated guesses "
     "(no tuning cached for these devices; run allreduce.tune to calibrate)"
 )
+
+#: Which specs a mode may run (``None``: every spec), e.g. the SPMD-capable ones.
+Keep = Callable[[str], bool] | None
 
 _lock = threading.Lock()
 _memo: dict[tuple[str, str], tuple[str, str]] = {}
@@ -95,17 +98,21 @@ def cached_model(
     return DEFAULT, UNCALIBRATED
 
 
-def _model_choice(devices: Sequence[str], dtype: str, sizes: Sequence[int]) -> str:
+def _model_choice(devices: Sequence[str], dtype: str, sizes: Sequence[int], keep: Keep) -> str:
     work = Workload(devices, sizes, DTYPE_SIZES[dtype])
     candidates = candidate_specs(devices, lambda s: work.predict(DEFAULT, s))
+    if keep is not None:
+        candidates = [c for c in candidates if keep(c)]
     predicted = work.predictions(DEFAULT, candidates)
     return decide_predicted(
         candidates, list(work.bands), predicted, overhead=DEFAULT.overhead(devices, 0)
     ).spec
 
 
-def _choose(folder: Path, devices: Sequence[str], dtype: str, sizes: Sequence[int]) -> tuple[str, str]:
-    key = cache.key_of(devices, dtype, sizes)
+def _choose(
+    folder: Path, devices: Sequence[str], dtype: str, sizes: Sequence[int], mode: str | None, keep: Keep
+) -> tuple[str, str]:
+    key = cache.key_of(devices, dtype, sizes, mode)
     path = cache.entry_path(folder, key)
     entry = cache.load(path, key)
     if entry is not None and cache.measured(entry):
@@ -113,25 +120,31 @@ def _choose(folder: Path, devices: Sequence[str], dtype: str, sizes: Sequence[in
     nearest = _nearest(folder, key)
     if nearest is not None:
         return nearest[0]["spec"], f"tuned on these devices for the nearest workload ({nearest[1]})"
-    spec = _model_choice(devices, dtype, sizes)
+    spec = _model_choice(devices, dtype, sizes, keep)
     return spec, "the cost model's choice with default parameters (no tuning cached; run allreduce.tune)"
 
 
 def resolve_with_reason(
-    devices: Sequence[str], sizes: Sequence[int], dtype: str, cache_dir: str | os.PathLike[str] | None = None
+    devices: Sequence[str],
+    sizes: Sequence[int],
+    dtype: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    mode: str | None = None,
+    keep: Keep = None,
 ) -> tuple[str, str]:
     """The spec ``"auto"`` stands for with tensors of ``sizes`` elements and ``dtype`` on
-    ``devices``, and why (see the module docstring)."""
+    ``devices``, and why (see the module docstring). ``mode`` reads the tunings of that
+    mode (``"spmd"``); without one, the cost model chooses among the specs ``keep``
+    accepts (the caller's mode must hold ``keep`` the same for every call)."""
     folder = cache.cache_dir(cache_dir)
-    memo_key = (
-        str(folder),
-        json.dumps([list(devices), dtype, cache.key_of(devices, dtype, sizes)["workload"]]),
-    )
+    workload = cache.key_of(devices, dtype, sizes)["workload"]
+    memo_key = (str(folder), json.dumps([list(devices), dtype, workload, mode]))
     with _lock:
         found = _memo.get(memo_key)
     if found is not None:
         return found
-    found = _choose(folder, devices, dtype, sizes)
+    found = _choose(folder, devices, dtype, sizes, mode, keep)
     with _lock:
         first = memo_key not in _memo
         _memo[memo_key] = found
@@ -161,10 +174,14 @@ def resolve_spec(
     sizes: Sequence[int],
     dtype: str,
     cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    mode: str | None = None,
+    keep: Keep = None,
 ) -> tuple[list[AllReduceSpecTuple], str]:
     """The checked spec tuples of ``spec`` for tensors of ``sizes`` elements and ``dtype``
-    on ``devices``, ``"auto"`` resolved (never measuring), and a note that says how
-    (empty for any other spec). Every entry point resolves a spec here.
+    on ``devices``, ``"auto"`` resolved (never measuring; ``mode`` and ``keep`` as in
+    :func:`resolve_with_reason`), and a note that says how (empty for any other spec).
+    Every entry point resolves a spec here.
 
     Raises:
         TypeError: ``spec`` is neither a str nor a list of spec tuples.
@@ -172,5 +189,6 @@ def resolve_spec(
     """
     if not is_auto(spec):
         return check_spec(spec), ""
-    chosen, reason = resolve_with_reason(devices, [max(s, 1) for s in sizes] or [1], dtype, cache_dir)
+    counts = [max(s, 1) for s in sizes] or [1]
+    chosen, reason = resolve_with_reason(devices, counts, dtype, cache_dir, mode=mode, keep=keep)
     return check_spec(chosen), f"'auto': {reason}"

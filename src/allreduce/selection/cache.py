@@ -80,21 +80,27 @@ def _versions() -> dict[str, str]:
     return {"allreduce": __version__, "tensorflow": version or "unknown"}
 
 
-def topology(devices: Sequence[str], dtype: str) -> dict[str, Any]:
-    """The topology fingerprint of ``devices`` and ``dtype``."""
+def topology(devices: Sequence[str], dtype: str, mode: str | None = None) -> dict[str, Any]:
+    """The topology fingerprint of ``devices`` and ``dtype``; ``mode`` (e.g. ``"spmd"``)
+    keeps the tunings of another way of running apart from the one-client mode's."""
     parsed = [parse_device_name(d) for d in devices]
-    return {
+    found = {
         "devices": list(devices),
         "device_types": sorted({p.device_type or "CPU" for p in parsed}),
         "workers": [len(g) for g in group_by_worker(devices)],
         "dtype": dtype,
         **_versions(),
     }
+    return found if mode is None else {**found, "mode": mode}
 
 
-def key_of(devices: Sequence[str], dtype: str, sizes: Sequence[int]) -> dict[str, Any]:
-    """The full cache key: the topology and the workload bucket (bands as strings, as JSON has them)."""
-    return {**topology(devices, dtype), "workload": {str(b): c for b, c in workload_bucket(sizes).items()}}
+def key_of(
+    devices: Sequence[str], dtype: str, sizes: Sequence[int], mode: str | None = None
+) -> dict[str, Any]:
+    """The full cache key: the topology (of ``mode``) and the workload bucket (bands as
+    strings, as JSON has them)."""
+    bucket = {str(b): c for b, c in workload_bucket(sizes).items()}
+    return {**topology(devices, dtype, mode), "workload": bucket}
 
 
 def _digest(value: Any) -> str:

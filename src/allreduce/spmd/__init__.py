@@ -13,9 +13,11 @@ shuffle to a root worker ``pscpu``) or as TensorFlow's ``CollectiveReduceV2``
 
 Modules: :mod:`~allreduce.spmd.keys` and :mod:`~allreduce.spmd.programs` (pure: the
 collective keys and each worker's steps, from :mod:`allreduce.planning.schedules`),
-:mod:`~allreduce.spmd.emit` (the ops), :mod:`~allreduce.spmd.runtime` (the cluster and
-TensorFlow's collective runtime), :mod:`~allreduce.spmd.api` (the entry points) and
-:mod:`~allreduce.spmd.launcher` (local worker processes).
+:mod:`~allreduce.spmd.specs` (pure: which specs run in SPMD mode, and the
+device names that stand for a cluster's shape), :mod:`~allreduce.spmd.emit` (the ops),
+:mod:`~allreduce.spmd.runtime` (the cluster and TensorFlow's collective runtime),
+:mod:`~allreduce.spmd.api` (the entry points) and :mod:`~allreduce.spmd.launcher`
+(local worker processes).
 
 This package may use the planning modules (``spec``, ``devices``, ``schedules``,
 ``registry``, ``ranges``, ``plan``), the graph layer (``algorithms``, ``_eager``, ``_tf``),
@@ -30,7 +32,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "CAPABLE": "allreduce.spmd.api",
+    "CAPABLE": "allreduce.spmd.specs",
     "all_reduce": "allreduce.spmd.api",
     "batch_all_reduce": "allreduce.spmd.api",
     "launch": "allreduce.spmd.launcher",

@@ -38,9 +38,12 @@ def _load_main() -> None:
     path = os.environ.get("ALLREDUCE_SPMD_MAIN")
     if not path:
         return
+    import importlib.machinery
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("__mp_main__", path)
+    # An explicit loader: the script may have no ".py" suffix (a console script).
+    loader = importlib.machinery.SourceFileLoader("__mp_main__", path)
+    spec = importlib.util.spec_from_file_location("__mp_main__", path, loader=loader)
     module = importlib.util.module_from_spec(spec)
     sys.modules["__mp_main__"] = module
     spec.loader.exec_module(module)

@@ -31,16 +31,13 @@ from allreduce.graph import eager as _eager
 from allreduce.graph.local_devices import check_devices_exist
 from allreduce.planning.devices import parse_device_name
 from allreduce.planning.plan import DEFAULT_PACK_MAX_GROUP, Bucket, plan_batch
-from allreduce.planning.registry import get_algorithm
-from allreduce.planning.spec import check_spec
+from allreduce.selection.auto import resolve_spec
 from allreduce.spmd import keys, runtime
 from allreduce.spmd.emit import SpmdOptions, emit_worker_batch
-from allreduce.spmd.programs import ALGORITHMS
+from allreduce.spmd.specs import CAPABLE, MODE, check_spmd_spec, cluster_devices, is_spmd_capable
 
-__all__ = ["CAPABLE", "DEFAULT_TIMEOUT_S", "all_reduce", "batch_all_reduce"]
+__all__ = ["CAPABLE", "DEFAULT_TIMEOUT_S", "all_reduce", "batch_all_reduce", "check_spmd_spec"]
 
-#: The algorithms that can run across workers in SPMD mode.
-CAPABLE = (*ALGORITHMS, "collective")
 #: The most seconds one collective op waits for its peer unless ``timeout_s`` says otherwise.
 DEFAULT_TIMEOUT_S = 30.0
 _PEER = re.compile(r"(?:send_to|recv_from)_task_(\d+)")
@@ -85,12 +82,17 @@ def _request(
     worker: runtime.Worker,
     packing: tuple[int, int],
 ) -> _Request:
-    specs = check_spec(spec)
-    check_spmd_spec(specs, CAPABLE)
     first = towers[0]
     for t in first:
         check_reduction(options.reduction, t.dtype)
     names = _local_devices(towers, devices, worker)
+    kind = parse_device_name(names[0]).device_type or "CPU"
+    shape = cluster_devices(worker.num_workers, len(names), kind)
+    sizes = [t.shape.num_elements() for t in first]
+    # "auto": the SPMD tuning of this cluster's shape, else the cost model's choice
+    # among the specs that run in SPMD mode (docs/tuning.md).
+    specs, _ = resolve_spec(spec, shape, sizes, first[0].dtype.name, mode=MODE, keep=is_spmd_capable)
+    check_spmd_spec(specs, CAPABLE)
     buckets = plan_batch(
         [t.shape.num_elements() for t in first],
         [t.dtype for t in first],
@@ -192,7 +194,8 @@ def all_reduce(
         local_tensors: one tensor per device of this worker, all of one shape and dtype.
         spec: a spec whose across-workers level is ``xring``, ``rechd``, ``torus``,
             ``pscpu`` or ``collective`` (``A/B`` runs ``A`` within the worker; a flat
-            name runs on both levels).
+            name runs on both levels), or ``"auto"``: the tuning of this cluster's
+            shape (:func:`allreduce.tuning.tune_spmd`), else the cost model's choice.
         reduction: ``"sum"`` or ``"mean"`` (over all devices of all workers).
         devices: this worker's device of each tensor; defaults to the tensors' own
             devices, or this worker's ``CPU:0..k-1`` inside a ``tf.function``.
@@ -251,24 +254,3 @@ def batch_all_reduce(
         return [[] for _ in towers]
     request = _request(towers, spec, devices, options, worker, packing)
     return _run(request, towers, worker, "spmd_batch_all_reduce")
-
-
-def check_spmd_spec(specs: Sequence[Any], capable: Sequence[str]) -> None:
-    """Checks that the across-workers level of every range of a parsed spec is one of
-    ``capable`` (a flat name is its own across-workers level).
-
-    Raises:
-        ValueError: a range whose algorithm has no SPMD form, named with the choices.
-    """
-    for spec in specs:
-        info = get_algorithm(spec.alg)
-        upper = info.levels[1] if info.levels else info.name
-        if upper not in capable:
-            raise ValueError(
-                f"spec {spec.alg!r}: {upper!r} cannot run across workers in SPMD mode; "
-                f"use one of {', '.join(capable)} (or A/B with one of them as B)"
-            )
-        if spec.compression is not None:
-            raise ValueError(
-                f"spec {spec.alg!r}: compression ({spec.compression!r}) is not supported in SPMD mode"
-            )

@@ -133,10 +133,12 @@ def _error(task: int, kind: str, detail: Any) -> WorkerError:
     return WorkerError(f"worker {task} {detail}", task=task, reason="exited")
 
 
-def _wait(children: list[_Child], timeout_s: float) -> list[Any]:
+def _wait(children: list[_Child], timeout_s: float, poll: Callable[[], None] | None) -> list[Any]:
     deadline = time.monotonic() + timeout_s
     results: dict[int, Any] = {}
     while len(results) < len(children):
+        if poll is not None:
+            poll()
         for child in children:
             if child.task in results:
                 continue
@@ -163,6 +165,7 @@ def launch(
     devices_per_worker: int = 1,
     backend: str = "local",
     timeout_s: float = 300.0,
+    poll: Callable[[], None] | None = None,
 ) -> list[Any]:
     """Runs ``fn()`` on ``num_workers`` workers with ``TF_CONFIG`` set and returns the
     values in task order.
@@ -171,6 +174,9 @@ def launch(
     ``functools.partial`` of one) and importable by the workers; its return value must be
     picklable. Each worker has ``devices_per_worker`` logical CPUs. When ``TF_CONFIG``
     is already set, ``fn`` runs in this process only and the list holds its one value.
+    ``poll()``, if given, is called in this thread about every 50 ms while the workers
+    run (to report their progress); an exception it raises (``KeyboardInterrupt``
+    too) stops the workers and propagates.
 
     Raises:
         TypeError, ValueError: bad arguments (an unknown ``backend`` is named).
@@ -191,7 +197,7 @@ def launch(
                 config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": task}}
                 children.append(_Child(task, folder, config, devices_per_worker))
             log.info("launched %d workers at %s", num_workers, ", ".join(addresses))
-            return _wait(children, timeout_s)
+            return _wait(children, timeout_s, poll)
         finally:
             for child in children:
                 child.stop()

@@ -119,16 +119,18 @@ def tune_entry(
     specs: Sequence[str] | None = None,
     measure: MeasureFn | None = None,
     refresh: bool = False,
+    mode: str | None = None,
 ) -> dict[str, Any]:
     """As :func:`tune`, returning the whole cache entry (``cached`` says whether it was
     found rather than measured); ``measure`` replaces the benchmark driver (and the
-    check that the devices exist)."""
+    check that the devices exist); ``mode`` keys the tuning to that way of running
+    (``"spmd"``: :func:`allreduce.tuning.spmd.tune_spmd`)."""
     names, counts, budget, chosen = _check(devices, sizes, budget_s, specs)
     dtype_name = check_dtype(dtype)
     check_bool("refresh", refresh)
     if measure is None:
         check_devices_exist(names)
-    key = cache.key_of(names, dtype_name, counts)
+    key = cache.key_of(names, dtype_name, counts, mode)
     path = cache.entry_path(cache.cache_dir(cache_dir), key)
     with _lock:
         found = None if refresh else cache.load(path, key)

@@ -1,0 +1,58 @@
+"""How SPMD workers' records become the benchmark's rows, and which specs the SPMD
+benchmark runs by default (pure: no worker is started)."""
+
+from __future__ import annotations
+
+from allreduce.measure.cases import Case
+from allreduce.measure.contenders import OURS, PEER
+from allreduce.measure.spmd_driver import PEER_NAME, Record, merge, spmd_contenders
+from allreduce.planning.registry import algorithm_names, get_algorithm
+from allreduce.spmd.specs import CAPABLE, PEER_SPEC, default_spmd_specs, is_spmd_capable
+
+CASE = Case("4KiB", ((1024,),), "float32")
+
+
+def _rows(per_worker):
+    return merge(CASE, spmd_contenders(["xring"], peer=True), per_worker, devices_per_worker=2)
+
+
+def test_a_step_takes_the_slowest_workers_time_in_each_round():
+    a = [Record([1.0, 5.0, 2.0], digest="d"), Record([3.0], digest="p")]
+    b = [Record([4.0, 1.0, 2.5], digest="d"), Record([1.0], digest="p")]
+    ours, peer = _rows([a, b])
+    assert ours.samples_s == [4.0, 5.0, 2.5] and peer.samples_s == [3.0]
+    assert (ours.kind, ours.spec, ours.num_devices) == (OURS, "xring", 4)
+    assert (peer.kind, peer.name, peer.spec, peer.same_as) == (PEER, PEER_NAME, None, PEER_SPEC)
+    assert ours.ok and peer.ok and not peer.required
+
+
+def test_wrong_elements_add_up_and_a_worker_with_other_bits_differs_in_every_element():
+    a = [Record([1.0], wrong=2, digest="x"), Record([1.0], digest="p")]
+    b = [Record([1.0], wrong=3, local_mismatch=1, digest="y"), Record([1.0], digest="p")]
+    ours, peer = _rows([a, b])
+    assert ours.wrong == 5 and ours.replica_mismatch == 1 + CASE.count and ours.failed
+    assert peer.ok
+
+
+def test_an_error_or_a_skip_names_the_worker_and_a_required_skip_fails():
+    a = [Record(skipped="ValueError: no"), Record(error="boom")]
+    b = [Record(skipped="ValueError: no"), Record([1.0])]
+    ours, peer = _rows([a, b])
+    assert ours.skipped == "worker 0: ValueError: no" and ours.failed
+    assert peer.error == "worker 0: boom" and not peer.timed
+
+
+def test_auto_rows_name_the_spec_it_became():
+    rows = merge(CASE, spmd_contenders(["auto"], peer=False), [[Record([1.0], resolved="rechd")]] * 2, 1)
+    assert rows[0].label == "auto=rechd"
+
+
+def test_the_default_specs_are_the_registrys_spmd_capable_ones_but_the_peer():
+    for workers, devices in ((2, 1), (4, 1), (3, 2)):
+        specs = default_spmd_specs(workers, devices)
+        assert PEER_SPEC not in specs and specs
+        assert all(is_spmd_capable(s) for s in specs)
+        flat = [n for n in algorithm_names() if get_algorithm(n).reduces and n in CAPABLE and n != PEER_SPEC]
+        assert set(flat) <= set(specs)
+        assert any("/" in s for s in specs) == (devices > 1)
+    assert not is_spmd_capable("simple") and not is_spmd_capable("xring@bf16")
