@@ -142,8 +142,12 @@ def test_specs_without_an_spmd_form_are_named():
     check_spmd_spec(parse_all_reduce_spec("pscpu:64k:xring#2"), ("xring", "pscpu"))
     with pytest.raises(ValueError, match="'simple' cannot run across workers"):
         check_spmd_spec(parse_all_reduce_spec("xring/simple"), ("xring", "pscpu"))
-    with pytest.raises(ValueError, match="compression"):
-        check_spmd_spec(parse_all_reduce_spec("xring@bf16"), ("xring",))
+    check_spmd_spec(parse_all_reduce_spec("pscpu/xring@bf16:1k:rechd@fp16"), ("xring", "rechd", "collective"))
+    check_spmd_spec(parse_all_reduce_spec("collective@none"), ("collective",), "fp16")
+    with pytest.raises(ValueError, match=r"compression \('bf16'\) needs pairwise.*not 'collective'"):
+        check_spmd_spec(parse_all_reduce_spec("pscpu/collective@bf16"), ("collective",))
+    with pytest.raises(ValueError, match=r"compression \('fp16'\)"):
+        check_spmd_spec(parse_all_reduce_spec("xring:1k:collective"), ("xring", "collective"), "fp16")
 
 
 def test_launch_checks_its_arguments_before_starting_anything():

@@ -33,6 +33,7 @@ _EXPORTS = {
     "CAPABLE": "allreduce.spmd.api",
     "all_reduce": "allreduce.spmd.api",
     "batch_all_reduce": "allreduce.spmd.api",
+    "error_bound": "allreduce.spmd.accuracy",
     "launch": "allreduce.spmd.launcher",
     "Worker": "allreduce.spmd.runtime",
     "resolve": "allreduce.spmd.runtime",
