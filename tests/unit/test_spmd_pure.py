@@ -173,8 +173,8 @@ def test_specs_without_an_spmd_form_are_named():
 def test_launch_checks_its_arguments_before_starting_anything():
     from allreduce import spmd
 
-    with pytest.raises(ValueError, match="'ray'"):
-        spmd.launch(print, 2, backend="ray")
+    with pytest.raises(ValueError, match="'slurm'"):
+        spmd.launch(print, 2, backend="slurm")
     with pytest.raises(ValueError, match="num_workers"):
         spmd.launch(print, 0)
     with pytest.raises(TypeError, match="picklable"):

@@ -15,7 +15,9 @@ Modules: :mod:`~allreduce.spmd.keys` and :mod:`~allreduce.spmd.programs` (pure: 
 collective keys and each worker's steps, from :mod:`allreduce.planning.schedules`),
 :mod:`~allreduce.spmd.emit` (the ops), :mod:`~allreduce.spmd.runtime` (the cluster and
 TensorFlow's collective runtime), :mod:`~allreduce.spmd.api` (the entry points) and
-:mod:`~allreduce.spmd.launcher` (local worker processes).
+:mod:`~allreduce.spmd.launcher` (local worker processes) with
+:mod:`~allreduce.spmd.ray_launcher` (Ray actors), and :mod:`~allreduce.spmd.accuracy`
+(the error bound of compressed SPMD all-reduces).
 
 This package may use the planning modules (``spec``, ``devices``, ``schedules``,
 ``registry``, ``ranges``, ``plan``), the graph layer (``algorithms``, ``_eager``, ``_tf``),
