@@ -8,6 +8,10 @@ group's devices, so every exchange of a pair must run on the same two devices), 
 the result is copied to the local devices. ``collective`` across workers is one ``CollectiveReduceV2``
 per device. Every collective op carries ``timeout_seconds`` and is named after its peer
 (``send_to_task_3``), so that a failure names the worker it waited for.
+
+With compression, the pieces that cross between workers go through the bucket's wire
+(:class:`~allreduce.graph.compression.CastWire`), float16 after a scale every worker
+agrees on (:func:`_agreed_scale`); a worker's own devices are summed uncompressed.
 """
 
 from __future__ import annotations
