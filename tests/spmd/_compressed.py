@@ -29,8 +29,16 @@ CASES = (
     ("bf16", 1000, "float32"),
     ("fp16", 1000, "float32"),
     ("fp16", 37, "float64"),
-    ("bf16", 5, "int32"),
 )
+#: Integers pass every wire unchanged: one case for a flat and a hierarchical spec.
+INTEGER_CASE, INTEGER_SPECS = ("bf16", 5, "int32"), ("xring", "pscpu/xring")
+
+
+def cases(spec: str) -> tuple:
+    """The (compression, length, dtype) cases of ``spec``."""
+    return (*CASES, INTEGER_CASE) if spec in INTEGER_SPECS else CASES
+
+
 #: (spec, compression, lengths) of a batch: ranges with their own wires, and packing.
 BATCH = ("xring@fp16:100:pscpu/xring@bf16:600:rechd", "none", (3, 5, 70, 700, 900))
 
@@ -71,7 +79,7 @@ def every_compressed_spec(devices: int) -> dict:
     worker = spmd.start()
     out = {}
     for spec in SPECS:
-        for compression, length, dtype in CASES:
+        for compression, length, dtype in cases(spec):
             tensors = _tensors(tf, worker, devices, length, dtype)
             got = spmd.all_reduce(tensors, spec, compression=compression, timeout_s=60)
             out[spec, compression, length, dtype] = [np.asarray(t) for t in got]
