@@ -30,6 +30,26 @@ def test_every_worker_program_sums_exactly(alg, shards, n):
             assert simulate(alg, inputs, 4, shards, index) == [expected] * n
 
 
+@pytest.mark.parametrize(("alg", "shards"), CASES)
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 9])
+def test_through_a_rounding_wire_every_worker_ends_with_the_same_bits_within_the_bound(alg, shards, n):
+    import random
+
+    import numpy as np
+
+    from allreduce import spmd
+
+    rng = random.Random(n * 100 + shards)
+    inputs = [[rng.uniform(-10, 10) for _ in range(67)] for _ in range(n)]
+    got = simulate(alg, inputs, 8, shards, 0, wire=lambda x: float(np.float16(x)))
+    assert all(row == got[0] for row in got)
+    exact = [sum(column) for column in zip(*inputs)]
+    bound = spmd.error_bound(f"{alg}#{shards}", n, 1, "fp16", dtype="float64")
+    sum_abs = [sum(abs(x) for x in column) for column in zip(*inputs)]
+    assert all(abs(g - e) <= bound.limit(s, 10.0) for g, e, s in zip(got[0], exact, sum_abs))
+    assert got[0] != exact  # the wire rounded
+
+
 @pytest.mark.parametrize(("n", "rows"), [(4, 2), (6, 2), (6, 3), (8, 4), (9, 3)])
 def test_torus_with_given_rows_sums_exactly(n, rows):
     inputs = [[w + i for i in range(50)] for w in range(n)]
@@ -142,15 +162,19 @@ def test_specs_without_an_spmd_form_are_named():
     check_spmd_spec(parse_all_reduce_spec("pscpu:64k:xring#2"), ("xring", "pscpu"))
     with pytest.raises(ValueError, match="'simple' cannot run across workers"):
         check_spmd_spec(parse_all_reduce_spec("xring/simple"), ("xring", "pscpu"))
-    with pytest.raises(ValueError, match="compression"):
-        check_spmd_spec(parse_all_reduce_spec("xring@bf16"), ("xring",))
+    check_spmd_spec(parse_all_reduce_spec("pscpu/xring@bf16:1k:rechd@fp16"), ("xring", "rechd", "collective"))
+    check_spmd_spec(parse_all_reduce_spec("collective@none"), ("collective",), "fp16")
+    with pytest.raises(ValueError, match=r"compression \('bf16'\) needs pairwise.*not 'collective'"):
+        check_spmd_spec(parse_all_reduce_spec("pscpu/collective@bf16"), ("collective",))
+    with pytest.raises(ValueError, match=r"compression \('fp16'\)"):
+        check_spmd_spec(parse_all_reduce_spec("xring:1k:collective"), ("xring", "collective"), "fp16")
 
 
 def test_launch_checks_its_arguments_before_starting_anything():
     from allreduce import spmd
 
-    with pytest.raises(ValueError, match="'ray'"):
-        spmd.launch(print, 2, backend="ray")
+    with pytest.raises(ValueError, match="'slurm'"):
+        spmd.launch(print, 2, backend="slurm")
     with pytest.raises(ValueError, match="num_workers"):
         spmd.launch(print, 0)
     with pytest.raises(TypeError, match="picklable"):

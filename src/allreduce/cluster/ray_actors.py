@@ -17,19 +17,27 @@ from allreduce.cluster.errors import WorkerError
 from allreduce.cluster.watchdog import NetworkProbe
 from allreduce.cluster.worker import JOB_NAME, die_with_parent
 
-__all__ = ["ActorProbe", "RayNode", "RayWorker", "ServerActor", "import_ray", "ray_reason", "signal_process"]
+__all__ = [
+    "ActorProbe",
+    "GroupActor",
+    "RayNode",
+    "RayWorker",
+    "ServerActor",
+    "import_ray",
+    "normal_priority",
+    "ray_reason",
+    "signal_process",
+]
 
 _REASON_CHARS = 400
 
 
-def import_ray() -> Any:
-    """The ``ray`` module; ``ImportError`` naming the ``ray`` extra without it."""
+def import_ray(user: str = "ray_cluster") -> Any:
+    """The ``ray`` module; ``ImportError`` naming ``user`` and the ``ray`` extra without it."""
     try:
         import ray
     except ImportError as err:
-        raise ImportError(
-            "ray_cluster needs Ray, which is not installed: pip install 'allreduce[ray]'"
-        ) from err
+        raise ImportError(f"{user} needs Ray, which is not installed: pip install 'allreduce[ray]'") from err
     return ray
 
 
@@ -59,13 +67,21 @@ class RayWorker(NamedTuple):
         return f"worker {self.task} ({prefix}, {where})"
 
 
-class ServerActor:  # pragma: no cover - runs in the Ray actor processes
-    """One worker inside its Ray actor process (two threads: calls, and :meth:`watch`)."""
+def normal_priority() -> None:
+    """Puts this process back at niceness 0: Ray starts workers at niceness 15, where on a
+    busy node a TensorFlow server gets the CPU last. Linux keeps a niceness per thread; the
+    threads started after this (TensorFlow's) inherit it."""
+    with contextlib.suppress(OSError):  # lowering it may need a privilege
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+
+
+class GroupActor:  # pragma: no cover - runs in the Ray actor processes
+    """One worker's actor in a :class:`allreduce.cluster.ray_group.RayGroup` (two threads:
+    calls, and :meth:`watch`)."""
 
     def __init__(self, task: int) -> None:
         die_with_parent(os.getppid())  # the raylet; SIGKILL reaches this process even while stopped
         self._task = task
-        self._server: Any = None
         self._ended = threading.Event()
 
     def reserve(self) -> dict[str, Any]:
@@ -78,13 +94,22 @@ class ServerActor:  # pragma: no cover - runs in the Ray actor processes
         node = ray.get_runtime_context().get_node_id()
         return {"node_id": node, "ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "port": port}
 
+    def watch(self) -> None:
+        """Returns only once the actor ends: its failure is the driver's death notice."""
+        self._ended.wait()
+
+
+class ServerActor(GroupActor):  # pragma: no cover - runs in the Ray actor processes
+    """One worker's TensorFlow server inside its Ray actor process."""
+
+    def __init__(self, task: int) -> None:
+        super().__init__(task)
+        self._server: Any = None
+
     def start(self, cluster: dict[str, list[str]], cpus: int, gpus: int) -> None:
         """Starts this task's server with ``cpus`` logical CPUs, or with its ``gpus`` GPUs."""
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        # Ray starts workers at niceness 15: on a busy node the server would get the CPU last.
-        # Linux keeps a niceness per thread; the server's threads inherit this one's.
-        with contextlib.suppress(OSError):  # lowering it may need a privilege
-            os.setpriority(os.PRIO_PROCESS, 0, 0)
+        normal_priority()
         from allreduce.core._tf import tf
 
         count = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": cpus}
@@ -95,10 +120,6 @@ class ServerActor:  # pragma: no cover - runs in the Ray actor processes
             config=tf.compat.v1.ConfigProto(device_count=count),
             start=True,
         )
-
-    def watch(self) -> None:
-        """Returns only once the actor ends: its failure is the driver's death notice."""
-        self._ended.wait()
 
 
 def signal_process(pid: int, sig: int) -> None:

@@ -23,24 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from allreduce.cluster import connection as _connection
 from allreduce.cluster.base import Cluster
-from allreduce.cluster.errors import WorkerError, WorkerStartError
-from allreduce.cluster.ray_actors import (
-    ActorProbe,
-    RayNode,
-    RayWorker,
-    ServerActor,
-    import_ray,
-    signal_process,
-)
-from allreduce.cluster.supervisor import Reaper, descendants, process_state
+from allreduce.cluster.errors import WorkerError
+from allreduce.cluster.ray_actors import ActorProbe, RayNode, RayWorker, ServerActor, import_ray
+from allreduce.cluster.ray_group import PLACEMENT_STRATEGIES, RayGroup, RayRequest, init_ray
 from allreduce.cluster.watchdog import Watchdog
 from allreduce.cluster.worker import JOB_NAME
 from allreduce.core.validation import (
@@ -56,20 +48,10 @@ __all__ = ["PLACEMENT_STRATEGIES", "RayCluster", "RayNode", "import_ray", "ray_c
 
 log = logging.getLogger("allreduce.cluster")
 
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 DEFAULT_START_TIMEOUT_S = 60.0
 #: How long a TensorFlow error waits for Ray to name the worker behind it.
 _GRACE_S = 2.0
 _END_S = 10.0
-
-
-class _Request(NamedTuple):
-    workers: int
-    devices: int
-    cpus: float
-    gpus: int
-    strategy: str
-    runtime_env: Mapping[str, Any] | None
 
 
 class RayCluster(Cluster):
@@ -83,15 +65,10 @@ class RayCluster(Cluster):
         addresses: ``ip:port`` of each worker's server.
     """
 
-    def __init__(self, ray: Any, request: _Request, timeouts: Sequence[float], owns_ray: bool) -> None:
+    def __init__(self, ray: Any, request: RayRequest, timeouts: Sequence[float], owns_ray: bool) -> None:
         op_timeout_s, unresponsive_s, start_timeout_s = timeouts
-        self._ray, self._request, self._owns_ray = ray, request, owns_ray
-        self._pg: Any = None
-        self._reaper: Reaper | None = None
-        self.actors: list[Any] = []
-        self._watches: list[Any] = []
-        self._workers: list[RayWorker] = []
-        self._local_node = ray.get_runtime_context().get_node_id()
+        self._ray, self._request = ray, request
+        self._group = RayGroup(ray, request, owns_ray)
         try:
             self._start(start_timeout_s)
         except BaseException:  # Ctrl-C while starting too: nothing is left behind
@@ -100,6 +77,22 @@ class RayCluster(Cluster):
         super().__init__({JOB_NAME: self.addresses}, JOB_NAME, op_timeout_s, unresponsive_s)
         probes = [ActorProbe(self, w, unresponsive_s) for w in self._workers]
         self._watch(Watchdog(probes, grace_s=_GRACE_S, name="allreduce-watchdog"))
+
+    @property
+    def actors(self) -> list[Any]:
+        return self._group.actors
+
+    @property
+    def _workers(self) -> list[RayWorker]:
+        return self._group.workers
+
+    @property
+    def _watches(self) -> list[Any]:
+        return self._group.watches
+
+    @property
+    def _pg(self) -> Any:
+        return self._group.pg
 
     @property
     def pids(self) -> list[int]:
@@ -118,71 +111,17 @@ class RayCluster(Cluster):
         return len(self._workers)
 
     def _start(self, timeout_s: float) -> None:
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        ray, req = self._ray, self._request
+        req, group = self._request, self._group
         deadline = time.monotonic() + timeout_s
-        bundle = {k: v for k, v in (("CPU", req.cpus), ("GPU", req.gpus)) if v}
-        self._pg = ray.util.placement_group([dict(bundle) for _ in range(req.workers)], strategy=req.strategy)
-        if not ray.wait([self._pg.ready()], timeout=timeout_s)[0]:
-            raise WorkerStartError(_not_placed(ray, req, bundle, timeout_s), task=None, reason="start failed")
-        actor = ray.remote(ServerActor)
-        for i in range(req.workers):
-            options: dict[str, Any] = {"num_cpus": req.cpus, "num_gpus": req.gpus, "max_concurrency": 2}
-            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                self._pg, placement_group_bundle_index=i
-            )
-            if req.runtime_env is not None:
-                options["runtime_env"] = dict(req.runtime_env)
-            self.actors.append(actor.options(**options).remote(i))
-        found = self._gather([a.reserve.remote() for a in self.actors], deadline, timeout_s)
-        self._workers = [RayWorker(i, **info) for i, info in enumerate(found)]
+        group.start(ServerActor, deadline, timeout_s)
         spec = {JOB_NAME: self.addresses}
-        self._gather([a.start.remote(spec, req.devices, req.gpus) for a in self.actors], deadline, timeout_s)
-        self._watches = [a.watch.remote() for a in self.actors]
-        if self._owns_ray:
-            # Ray's agents outlive a killed raylet (they wait on the GCS that died with it).
-            self._reaper = Reaper(descendants(b"ray"))
+        group.gather([a.start.remote(spec, req.devices, req.gpus) for a in self.actors], deadline, timeout_s)
+        group.watch()
         log.info("started %d Ray workers at %s", req.workers, ", ".join(self.addresses))
 
-    def _gather(self, refs: list[Any], deadline: float, timeout_s: float) -> list[Any]:
-        """Each worker's answer; a :class:`WorkerStartError` naming the first that failed or is late."""
-        ray, found = self._ray, []
-        for task, ref in enumerate(refs):
-            name = self._workers[task].describe() if self._workers else f"worker {task}"
-            try:
-                found.append(ray.get(ref, timeout=max(0.0, deadline - time.monotonic())))
-            except ray.exceptions.GetTimeoutError:
-                late = f"{name} was not ready after {timeout_s:g} s"
-                raise WorkerStartError(late, task=task, reason="start failed") from None
-            except ray.exceptions.RayError as err:
-                text = str(err)
-                raise WorkerStartError(
-                    f"{name} could not start: {text}", task=task, reason="start failed", stderr=text
-                ) from err
-        return found
-
-    def _signal(self, task: int, sig: int) -> Any:
-        """Sends ``sig`` to the worker's process: here, or by a task on its node (returned)."""
-        worker = self._workers[task]
-        if worker.node_id == self._local_node and not _client_mode(self._ray):
-            signal_process(worker.pid, sig)
-            return None
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        where = NodeAffinitySchedulingStrategy(worker.node_id, soft=False)
-        return (
-            self._ray.remote(signal_process)
-            .options(num_cpus=0, scheduling_strategy=where)
-            .remote(worker.pid, sig)
-        )
-
     def _end(self, task: int) -> None:
-        """Kills worker ``task``'s process (``ray.kill`` alone takes 5 s on a stopped one) and actor."""
-        with contextlib.suppress(Exception):  # Ray may already be down (interpreter exit)
-            if task < len(self._workers):
-                self._signal(task, signal.SIGKILL)
-            self._ray.kill(self.actors[task], no_restart=True)
+        """Kills worker ``task``'s process and actor."""
+        self._group.end(task)
 
     def kill(self, task: int, sig: int | None = None) -> None:
         """Ends worker ``task`` with ``ray.kill`` (default) or sends its process ``sig``, e.g. to
@@ -196,7 +135,7 @@ class RayCluster(Cluster):
         if sig is None:
             self._ray.kill(self.actors[task], no_restart=True)
         else:
-            sent = self._signal(task, sig)
+            sent = self._group.signal(task, sig)
             if sent is not None:
                 self._ray.get(sent, timeout=_END_S)
         if sig in (None, signal.SIGKILL, signal.SIGTERM):
@@ -221,69 +160,14 @@ class RayCluster(Cluster):
             self._end(task)
 
     def _release(self) -> None:
-        self._fence_all()
-        with contextlib.suppress(Exception):
-            if self._watches:
-                self._ray.wait(self._watches, num_returns=len(self._watches), timeout=_END_S)
-            self._reap_local()
-            if self._pg is not None:
-                self._ray.util.remove_placement_group(self._pg)
-        if self._owns_ray:
-            with contextlib.suppress(Exception):
-                self._ray.shutdown()
-        if self._reaper is not None:  # Ray ended in order: the reaper has nothing to do
-            self._reaper.dismiss()
+        self._group.release()
         log.info("stopped Ray workers %s", self.pids)
-
-    def _reap_local(self) -> None:
-        """Waits until the processes of workers on this node have exited (Ray reports a death a
-        little before the process is gone)."""
-        here = [w.pid for w in self._workers if w.node_id == self._local_node and not _client_mode(self._ray)]
-        deadline = time.monotonic() + _END_S
-        while any(process_state(p) not in (None, "Z") for p in here) and time.monotonic() < deadline:
-            time.sleep(0.02)
 
     def __repr__(self) -> str:
         req = self._request
         kind = f"{req.gpus} GPUs" if req.gpus else f"{req.devices} CPUs"
         state = self._state() if hasattr(self, "_closed") else "starting"
         return f"RayCluster({req.workers} workers x {kind}, {state}, {self.addresses})"
-
-
-def _client_mode(ray: Any) -> bool:
-    with contextlib.suppress(Exception):
-        return bool(ray.util.client.ray.is_connected())
-    return False
-
-
-def _amounts(resources: Mapping[str, float]) -> str:
-    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
-
-
-def _not_placed(ray: Any, req: _Request, bundle: dict[str, float], timeout_s: float) -> str:
-    asked = {k: v * req.workers for k, v in bundle.items()}
-    return (
-        f"Ray could not place {req.workers} workers x {{{_amounts(bundle)}}} ({_amounts(asked)} in all, "
-        f"strategy {req.strategy}) within {timeout_s:g} s: the Ray cluster has "
-        f"{_amounts(ray.cluster_resources())}, {_amounts(ray.available_resources())} of it free"
-    )
-
-
-def _init_ray(ray: Any, address: str | None, req: _Request) -> bool:
-    """Initialises Ray unless the caller has; whether :func:`ray_cluster` must shut it down."""
-    if ray.is_initialized():
-        return False
-    if address is None:
-        log.info("starting a local Ray instance with %d CPUs", math.ceil(req.workers * req.cpus))
-        ray.init(
-            address="local",
-            num_cpus=math.ceil(req.workers * req.cpus),
-            include_dashboard=False,
-            _system_config={"worker_niceness": 0},  # see ServerActor.start
-        )
-    else:
-        ray.init(address=address)
-    return True
 
 
 @contextlib.contextmanager
@@ -333,8 +217,8 @@ def ray_cluster(
     ray = import_ray()
     if _connection.owner() is not None:
         raise RuntimeError(f"this process is already connected to {_connection.owner()!r}; close it first")
-    request = _Request(num_workers, devices_per_worker, cpus, gpus, placement_strategy, runtime_env)
-    owns = _init_ray(ray, address, request)
+    request = RayRequest(num_workers, devices_per_worker, cpus, gpus, placement_strategy, runtime_env)
+    owns = init_ray(ray, address, request)
     cluster = RayCluster(ray, request, timeouts, owns)
     try:
         client = _connection.client_address_on(ray.util.get_node_ip_address())

@@ -105,6 +105,17 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def check_callable(name: str, value: Any) -> Any:
+    """``value`` if it is callable.
+
+    Raises:
+        TypeError: it is not.
+    """
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {_describe(value)[:200]}")
+    return value
+
+
 def check_optional(name: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
     """``value`` if it is ``None`` or an instance of ``kind``.
 

@@ -34,7 +34,7 @@ from allreduce.planning.wire_formats import (
     needs_scaling,
 )
 
-__all__ = ["COMPRESSIONS", "CastWire", "wire_for"]
+__all__ = ["COMPRESSIONS", "CastWire", "largest_finite", "scale_for", "wire_for"]
 
 _WIRE_DTYPES = {"bf16": tf.bfloat16, "fp16": tf.float16}
 _BITS = {4: tf.int32, 8: tf.int64}
@@ -124,21 +124,36 @@ def _bucket_scale(
 ) -> tf.Tensor:
     """``2**k`` on ``devices[0]``, from every device's largest finite magnitude (NaN and
     Inf left out), by the formula of :func:`allreduce.planning.wire_formats.scale_exponent`."""
+    with tf.name_scope(SCALE_SCOPE):
+        top = largest_finite(values, devices)
+        with tf.device(devices[0]):
+            return scale_for(top, len(devices), wire, fmt)
+
+
+def largest_finite(values: Sequence[tf.Tensor], devices: Sequence[str]) -> tf.Tensor:
+    """The largest finite magnitude of ``values`` (``values[i]`` on ``devices[i]``; NaN and
+    Inf left out, 0 if none), a scalar on ``devices[0]``."""
     dtype = values[0].dtype
     largest = []
-    with tf.name_scope(SCALE_SCOPE):
-        for value, device in zip(values, devices):
-            with tf.device(device):
-                magnitude = tf.abs(value)
-                finite = tf.where(magnitude <= dtype.max, magnitude, tf.constant(0, dtype))
-                largest.append(tf.reduce_max(finite))
-        bits = _BITS[fmt.itemsize]
-        c = (len(devices) - 1).bit_length()
-        with tf.device(devices[0]):
-            top = tf.reduce_max(tf.stack([tf.identity(m) for m in largest]))
-            exponent = tf.maximum(tf.bitwise.right_shift(tf.bitcast(top, bits), fmt.mantissa), 1)
-            k = tf.clip_by_value(wire.bias - c + fmt.bias - 1 - exponent, 1 - fmt.bias, fmt.bias)
-            return tf.bitcast(tf.bitwise.left_shift(k + fmt.bias, fmt.mantissa), dtype)
+    for value, device in zip(values, devices):
+        with tf.device(device):
+            magnitude = tf.abs(value)
+            finite = tf.where(magnitude <= dtype.max, magnitude, tf.constant(0, dtype))
+            largest.append(tf.reduce_max(finite))
+    with tf.device(devices[0]):
+        return tf.reduce_max(tf.stack([tf.identity(m) for m in largest]))
+
+
+def scale_for(top: tf.Tensor, inputs: int, wire: FloatFormat, fmt: FloatFormat) -> tf.Tensor:
+    """``2**k`` (in ``top``'s dtype, where ``top`` is) for a bucket of ``inputs`` inputs whose
+    largest finite magnitude is ``top``, by the formula of
+    :func:`allreduce.planning.wire_formats.scale_exponent`: equal inputs give equal scales."""
+    dtype = top.dtype
+    bits = _BITS[fmt.itemsize]
+    c = (inputs - 1).bit_length()
+    exponent = tf.maximum(tf.bitwise.right_shift(tf.bitcast(top, bits), fmt.mantissa), 1)
+    k = tf.clip_by_value(wire.bias - c + fmt.bias - 1 - exponent, 1 - fmt.bias, fmt.bias)
+    return tf.bitcast(tf.bitwise.left_shift(k + fmt.bias, fmt.mantissa), dtype)
 
 
 def wire_for(compression: str | Wire) -> Wire:

@@ -16,8 +16,9 @@ collective keys and each worker's steps, from :mod:`allreduce.planning.schedules
 :mod:`~allreduce.spmd.specs` (pure: which specs run in SPMD mode, and the
 device names that stand for a cluster's shape), :mod:`~allreduce.spmd.emit` (the ops),
 :mod:`~allreduce.spmd.runtime` (the cluster and TensorFlow's collective runtime),
-:mod:`~allreduce.spmd.api` (the entry points) and :mod:`~allreduce.spmd.launcher`
-(local worker processes).
+:mod:`~allreduce.spmd.api` (the entry points), :mod:`~allreduce.spmd.launcher` (local
+worker processes) with :mod:`~allreduce.spmd.ray_launcher` (Ray actors), and
+:mod:`~allreduce.spmd.accuracy` (the error bound of compressed SPMD all-reduces).
 
 This package may use the planning modules (``spec``, ``devices``, ``schedules``,
 ``registry``, ``ranges``, ``plan``), the graph layer (``algorithms``, ``_eager``, ``_tf``),
@@ -35,6 +36,7 @@ _EXPORTS = {
     "CAPABLE": "allreduce.spmd.specs",
     "all_reduce": "allreduce.spmd.api",
     "batch_all_reduce": "allreduce.spmd.api",
+    "error_bound": "allreduce.spmd.accuracy",
     "launch": "allreduce.spmd.launcher",
     "Worker": "allreduce.spmd.runtime",
     "resolve": "allreduce.spmd.runtime",

@@ -19,7 +19,8 @@ import traceback
 from pathlib import Path
 
 
-def _write(path: Path, outcome: tuple) -> None:
+def encode(outcome: tuple) -> bytes:
+    """``outcome`` pickled; an unpicklable value or exception becomes an error with its text."""
     try:
         data = pickle.dumps(outcome)
         pickle.loads(data)
@@ -27,8 +28,12 @@ def _write(path: Path, outcome: tuple) -> None:
         kind, detail = outcome
         text = detail[1] if kind == "error" else repr(detail)
         data = pickle.dumps(("error", (RuntimeError(f"unpicklable {kind} result: {err}"), text)))
+    return data
+
+
+def _write(path: Path, outcome: tuple) -> None:
     partial = path.with_suffix(".part")
-    partial.write_bytes(data)
+    partial.write_bytes(encode(outcome))
     partial.rename(path)
 
 

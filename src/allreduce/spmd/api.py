@@ -28,7 +28,9 @@ from allreduce.core.validation import (
     check_towers,
 )
 from allreduce.graph import eager as _eager
+from allreduce.graph.compression import CastWire, wire_for
 from allreduce.graph.local_devices import check_devices_exist
+from allreduce.graph.wire import PLAIN
 from allreduce.planning.devices import parse_device_name
 from allreduce.planning.plan import DEFAULT_PACK_MAX_GROUP, Bucket, plan_batch
 from allreduce.selection.auto import resolve_spec
@@ -92,7 +94,7 @@ def _request(
     # "auto": the SPMD tuning of this cluster's shape, else the cost model's choice
     # among the specs that run in SPMD mode (docs/tuning.md).
     specs, _ = resolve_spec(spec, shape, sizes, first[0].dtype.name, mode=MODE, keep=is_spmd_capable)
-    check_spmd_spec(specs, CAPABLE)
+    check_spmd_spec(specs, CAPABLE, options.wire.name)
     buckets = plan_batch(
         [t.shape.num_elements() for t in first],
         [t.dtype for t in first],
@@ -165,12 +167,19 @@ def _function(request: _Request, build: Any) -> Any:
         return function
 
 
-def _options(worker: runtime.Worker, channel: Any, reduction: Any, timeout_s: Any) -> SpmdOptions:
+def _options(
+    worker: runtime.Worker, channel: Any, reduction: Any, timeout_s: Any, compression: Any
+) -> SpmdOptions:
     check_int("channel", channel, minimum=0)
     if channel >= keys.CHANNELS:
         raise ValueError(f"channel must be in 0..{keys.CHANNELS - 1}, got {channel}")
     seconds = check_seconds("timeout_s", timeout_s, allow_zero=False)
-    return SpmdOptions(worker.rank, worker.num_workers, channel, reduction, seconds)
+    wire = wire_for(compression)
+    if wire is not PLAIN and not isinstance(wire, CastWire):
+        raise TypeError(
+            f"compression must be 'none', 'bf16', 'fp16' or a CastWire in SPMD mode, got {wire!r}"
+        )
+    return SpmdOptions(worker.rank, worker.num_workers, channel, reduction, seconds, wire)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -183,6 +192,7 @@ def all_reduce(
     cluster: Any = None,
     channel: int = 0,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    compression: str | CastWire = "none",
 ) -> list[tf.Tensor]:
     """Sums one tensor per local device over every device of every worker.
 
@@ -203,19 +213,26 @@ def all_reduce(
         channel: ``0..15``; calls on different channels may run at the same time
             (for example one channel per thread).
         timeout_s: the most seconds each collective op waits for its peer.
+        compression: ``"none"``, ``"bf16"`` or ``"fp16"`` (or a ``CastWire``): floating
+            values cross between workers in that type, for ``xring``, ``rechd``,
+            ``torus`` and ``pscpu`` across workers (a range's own ``@bf16`` wins). Within
+            :func:`allreduce.spmd.error_bound` of the exact sum. For float16, every
+            worker scales a bucket by the same power of two, agreed with one small
+            ``Max`` collective per bucket before the exchange.
 
     Returns:
         One result per input, on its device, bitwise identical on every worker.
 
     Raises:
-        TypeError, ValueError: bad arguments, an algorithm without an SPMD form, a
-            malformed cluster, or a device of another worker.
+        TypeError, ValueError: bad arguments, an algorithm without an SPMD form,
+            compression with ``collective`` across workers, a malformed cluster, or a
+            device of another worker.
         WorkerError: (eager calls) an exchange failed or timed out; ``task`` names the
             peer where it is known.
     """
     dense = check_tensor_list(local_tensors, "local_tensors")
     worker = runtime.start(cluster)
-    options = _options(worker, channel, reduction, timeout_s)
+    options = _options(worker, channel, reduction, timeout_s, compression)
     towers = [[t] for t in dense]
     request = _request(towers, spec, devices, options, worker, (0, DEFAULT_PACK_MAX_GROUP))
     return [tower[0] for tower in _run(request, towers, worker, "spmd_all_reduce")]
@@ -233,6 +250,7 @@ def batch_all_reduce(
     cluster: Any = None,
     channel: int = 0,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    compression: str | CastWire = "none",
 ) -> list[list[tf.Tensor]]:
     """Sums many tensors per local device: ``local_towers[d][i]`` is tensor ``i`` on
     this worker's device ``d``; packing as in :func:`allreduce.batch_all_reduce`.
@@ -249,7 +267,7 @@ def batch_all_reduce(
         check_int("pack_max_group", pack_max_group, minimum=1),
     )
     worker = runtime.start(cluster)
-    options = _options(worker, channel, reduction, timeout_s)
+    options = _options(worker, channel, reduction, timeout_s, compression)
     if not towers[0]:
         return [[] for _ in towers]
     request = _request(towers, spec, devices, options, worker, packing)

@@ -8,6 +8,10 @@ group's devices, so every exchange of a pair must run on the same two devices), 
 the result is copied to the local devices. ``collective`` across workers is one ``CollectiveReduceV2``
 per device. Every collective op carries ``timeout_seconds`` and is named after its peer
 (``send_to_task_3``), so that a failure names the worker it waited for.
+
+With compression, the pieces that cross between workers go through the bucket's wire
+(:class:`~allreduce.graph.compression.CastWire`), float16 after a scale every worker
+agrees on (:func:`_agreed_scale`); a worker's own devices are summed uncompressed.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from allreduce.graph.algorithms.base import (
     reduce_to_one,
     split_1d,
 )
+from allreduce.graph.compression import SCALE_SCOPE, CastWire, largest_finite, scale_for, wire_for
+from allreduce.graph.wire import PLAIN, Wire
 from allreduce.planning.plan import Bucket
 from allreduce.planning.registry import get_algorithm
+from allreduce.planning.wire_formats import FLOAT_FORMATS, needs_scaling
 from allreduce.spmd import keys
 from allreduce.spmd.programs import Program, Recv, Send, SumCollected, program
 
@@ -39,13 +46,15 @@ _slots = keys.SlotCounter()
 @dataclass(frozen=True)
 class SpmdOptions:
     """How one worker's batch is reduced: ``rank`` of ``num_workers``, the call's
-    ``channel``, the ``reduction`` and the collective ops' ``timeout_s``."""
+    ``channel``, the ``reduction``, the collective ops' ``timeout_s`` and the ``wire``
+    between workers (a spec range's own ``@bf16`` wins over it)."""
 
     rank: int
     num_workers: int
     channel: int = 0
     reduction: str = "sum"
     timeout_s: float = 30.0
+    wire: Wire = PLAIN
 
 
 def levels(alg: str) -> tuple[str, str]:
@@ -111,18 +120,31 @@ def _key_args(options: SpmdOptions, first_slot: int, slot: int, src: int, dst: i
 
 
 def run_program(
-    value: tf.Tensor, device: str, prog: Program, first_slot: int, options: SpmdOptions
+    value: tf.Tensor, device: str, prog: Program, first_slot: int, options: SpmdOptions, wire: Wire = PLAIN
 ) -> tuple[tf.Tensor, list[tf.Operation]]:
     """The all-reduced ``value`` (1-D, on ``device``) after ``prog``, and the send ops,
-    which nothing consumes (the caller makes the results wait for them)."""
+    which nothing consumes (the caller makes the results wait for them).
+
+    With a compressing ``wire`` (a :class:`~allreduce.graph.compression.CastWire` for
+    ``value``'s dtype), every piece crosses in the wire type and is added in ``value``'s
+    own dtype where it arrives; a sender keeps the decoded packet in place of what it
+    sent, so that the final value of an element, published once by the worker that
+    summed it, is the same decoded packet on every worker (a partial sum a worker sends
+    is always overwritten later; re-encoding a decoded packet is exact).
+    """
     me = options.rank
     length = value.shape[0]
     store = _Store(value, device, length, prog.cuts)
+    coded = wire is not PLAIN
     sends, collected = [], {}
     with tf.device(device):
         for action in prog.actions:
             if isinstance(action, Send):
                 piece = store.get(action.start, action.stop)
+                if coded:
+                    packet = wire.encode(piece)
+                    store.put(action.start, action.stop, wire.decode(packet, value.dtype))
+                    piece = _carry(packet)
                 args = _key_args(options, first_slot, action.slot, me, action.peer, device)
                 sends.append(
                     tf.raw_ops.CollectiveBcastSendV2(input=piece, name=f"send_to_task_{action.peer}", **args)
@@ -131,22 +153,41 @@ def run_program(
                 args = _key_args(options, first_slot, action.slot, action.peer, me, device)
                 got = tf.raw_ops.CollectiveBcastRecvV2(
                     shape=constant_on((action.stop - action.start,), device),
-                    T=value.dtype,
+                    T=_CARRIER.get(wire.dtype, wire.dtype) if coded else value.dtype,  # type: ignore[attr-defined]
                     name=f"recv_from_task_{action.peer}",
                     **args,
                 )
-                if action.mode == "add":
-                    store.put(action.start, action.stop, tf.add(got, store.get(action.start, action.stop)))
-                elif action.mode == "set":
-                    store.put(action.start, action.stop, got)
-                else:
-                    collected[action.peer] = got
+                got = wire.decode(_uncarry(got, wire.dtype), value.dtype) if coded else got  # type: ignore[attr-defined]
+                _receive(store, action, got, collected)
             else:
                 assert isinstance(action, SumCollected)
                 parts = {**collected, me: store.get(action.start, action.stop)}
                 store.put(action.start, action.stop, tf.add_n([parts[q] for q in sorted(parts)]))
-                collected = {}
+                collected.clear()
         return store.get(0, length), [s.op for s in sends]
+
+
+#: The dtype a wire type travels as where the collective ops have no kernel for it (its bits, unchanged).
+_CARRIER = {tf.bfloat16: tf.float16}
+
+
+def _carry(packet: tf.Tensor) -> tf.Tensor:
+    carrier = _CARRIER.get(packet.dtype)
+    return packet if carrier is None else tf.bitcast(packet, carrier)
+
+
+def _uncarry(got: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    return got if got.dtype == dtype else tf.bitcast(got, dtype)
+
+
+def _receive(store: _Store, action: Recv, got: tf.Tensor, collected: dict[int, tf.Tensor]) -> None:
+    """Adds ``got`` to what ``store`` holds, sets it in its place, or collects it."""
+    if action.mode == "add":
+        store.put(action.start, action.stop, tf.add(got, store.get(action.start, action.stop)))
+    elif action.mode == "set":
+        store.put(action.start, action.stop, got)
+    else:
+        collected[action.peer] = got
 
 
 def _ordering_token(device: str) -> tf.Tensor:
@@ -158,9 +199,14 @@ def _ordering_token(device: str) -> tf.Tensor:
 
 
 def collective(
-    values: Sequence[tf.Tensor], devices: Sequence[str], slot: int, options: SpmdOptions
+    values: Sequence[tf.Tensor],
+    devices: Sequence[str],
+    slot: int,
+    options: SpmdOptions,
+    merge_op: str = "Add",
 ) -> list[tf.Tensor]:
-    """``CollectiveReduceV2`` of ``values`` (one per local device) over every worker's devices."""
+    """``CollectiveReduceV2`` (``merge_op``: ``"Add"`` or ``"Max"``) of ``values`` (one per
+    local device) over every worker's devices."""
     size = options.num_workers * len(devices)
     instance = keys.instance_key(options.channel, slot, 0, 1)
     out = []
@@ -173,7 +219,7 @@ def collective(
                     group_key=keys.all_group_key(len(devices)),
                     instance_key=instance,
                     ordering_token=[_ordering_token(device)],
-                    merge_op="Add",
+                    merge_op=merge_op,
                     final_op="Id",
                     timeout_seconds=float(options.timeout_s),
                     name="collective_all_workers",
@@ -201,23 +247,62 @@ def _reduce_flat(
         if upper == "collective":
             total = collective([total], [where], _slots.reserve(options.channel, 1), options)[0]
         else:
-            itemsize = total.dtype.size
-            prog = program(
-                upper,
-                options.num_workers,
-                options.rank,
-                bucket.length,
-                itemsize,
-                bucket.spec.shards,
-                bucket.index,
-            )
-            first = _slots.reserve(options.channel, prog.slots)
-            total, sends = run_program(total, where, prog, first, options)
+            total, sends = _across(total, flat, devices, bucket, options)
     out = []
     for device in devices:
         with tf.device(device):
             out.append(tf.identity(total))
     return out, sends
+
+
+def _across(
+    total: tf.Tensor, flat: list[tf.Tensor], devices: Sequence[str], bucket: Bucket, options: SpmdOptions
+) -> tuple[tf.Tensor, list[tf.Operation]]:
+    """This worker's ``total`` (on ``devices[0]``) all-reduced across workers by the
+    bucket's pairwise program, through the bucket's wire; and the send ops."""
+    _, upper = levels(bucket.spec.alg)
+    wire = options.wire if bucket.spec.compression is None else wire_for(bucket.spec.compression)
+    wire = wire.for_dtype(total.dtype)
+    prog = program(
+        upper,
+        options.num_workers,
+        options.rank,
+        bucket.length,
+        total.dtype.size,
+        bucket.spec.shards,
+        bucket.index,
+    )
+    scale = _agreed_scale(flat, devices, wire, options)
+    if scale is not None:
+        with tf.device(devices[0]):
+            total = total * scale
+    first = _slots.reserve(options.channel, prog.slots)
+    total, sends = run_program(total, devices[0], prog, first, options, wire)
+    if scale is not None:
+        with tf.device(devices[0]):
+            total = total * tf.math.reciprocal(scale)  # a power of two: exact
+    return total, sends
+
+
+def _agreed_scale(
+    flat: list[tf.Tensor], devices: Sequence[str], wire: Wire, options: SpmdOptions
+) -> tf.Tensor | None:
+    """The power of two every worker scales the bucket by before it crosses a float16
+    wire, or ``None`` where the wire's range needs none.
+
+    It is :class:`~allreduce.graph.compression.CastWire`'s scale (from the largest finite
+    magnitude of the bucket on any device of any worker, for ``num_workers * len(devices)``
+    inputs), agreed with one ``CollectiveReduceV2`` of one scalar (``Max``, one member per
+    worker) before the exchange: every worker gets the same maximum, so the same scale.
+    """
+    fmt = FLOAT_FORMATS.get(flat[0].dtype.name)
+    if not isinstance(wire, CastWire) or fmt is None or not needs_scaling(wire.format, fmt):
+        return None
+    with tf.name_scope(SCALE_SCOPE):
+        mine = largest_finite(flat, devices)
+        top = collective([mine], devices[:1], _slots.reserve(options.channel, 1), options, merge_op="Max")[0]
+        with tf.device(devices[0]):
+            return scale_for(top, options.num_workers * len(devices), wire.format, fmt)
 
 
 def _flatten(members: Sequence[tf.Tensor], device: str) -> tf.Tensor:

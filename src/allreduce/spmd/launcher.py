@@ -3,7 +3,8 @@
 Local processes (``backend="local"``): one Python process per worker on
 ``127.0.0.1``, each with ``TF_CONFIG`` for its task, started as
 :mod:`allreduce.spmd._child` (which dies with this process, as the workers of
-:func:`allreduce.local_cluster` do). Where ``TF_CONFIG`` is already set (workers
+:func:`allreduce.local_cluster` do). Ray actors (``backend="ray"``):
+:mod:`allreduce.spmd.ray_launcher`. Where ``TF_CONFIG`` is already set (workers
 started by Slurm, Kubernetes or by hand) it runs the function here only.
 """
 
@@ -18,13 +19,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from allreduce.cluster.errors import WorkerError
+from allreduce.cluster.ray_group import PLACEMENT_STRATEGIES
 from allreduce.cluster.supervisor import LOOPBACK, describe_exit, free_ports
-from allreduce.core.validation import check_choice, check_int, check_seconds
+from allreduce.core.validation import (
+    check_callable,
+    check_choice,
+    check_int,
+    check_optional,
+    check_ray_address,
+    check_ray_resources,
+    check_seconds,
+)
+from allreduce.spmd.ray_launcher import RayOptions, pickle_for_ray, run_on_ray
 
 __all__ = ["BACKENDS", "launch"]
 
@@ -37,18 +48,35 @@ _STOP_S = 5.0
 #: Names the script whose functions a worker must find as ``__main__``.
 MAIN_ENV = "ALLREDUCE_SPMD_MAIN"
 #: The ways :func:`launch` can start workers.
-BACKENDS = ("local",)
+BACKENDS = ("local", "ray")
 _POLL_S = 0.05
 _STDERR_TAIL = 4000
 
 
-def _check(fn: Any, num_workers: Any, devices_per_worker: Any, backend: Any, timeout_s: Any) -> bytes:
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}: {fn!r}")
+def _check(fn: Any, num_workers: Any, devices_per_worker: Any, backend: Any, timeout_s: Any) -> None:
+    check_callable("fn", fn)
     check_int("num_workers", num_workers, minimum=1)
     check_int("devices_per_worker", devices_per_worker, minimum=1)
     check_choice("backend", backend, BACKENDS)
     check_seconds("timeout_s", timeout_s, allow_zero=False)
+
+
+def _check_ray(backend: str, opts: RayOptions) -> RayOptions:
+    """The Ray options checked; any of them set with another backend is a ``ValueError``."""
+    if backend != "ray":
+        changed = [name for name, value, default in zip(opts._fields, opts, RayOptions()) if value != default]
+        if changed:
+            raise ValueError(f"{', '.join(changed)} applies to backend='ray' only, not backend={backend!r}")
+        return opts
+    check_ray_address(opts.address)
+    cpus, gpus = check_ray_resources(opts.cpus_per_worker, opts.gpus_per_worker)
+    check_choice("placement_strategy", opts.placement_strategy, PLACEMENT_STRATEGIES)
+    check_optional("runtime_env", opts.runtime_env, Mapping, "a dict")
+    start_s = check_seconds("start_timeout_s", opts.start_timeout_s, allow_zero=False)
+    return opts._replace(cpus_per_worker=cpus, gpus_per_worker=gpus, start_timeout_s=start_s)
+
+
+def _pickle(fn: Any) -> bytes:
     try:
         return pickle.dumps(fn)
     except (pickle.PicklingError, AttributeError, TypeError) as err:
@@ -166,27 +194,64 @@ def launch(
     backend: str = "local",
     timeout_s: float = 300.0,
     poll: Callable[[], None] | None = None,
+    address: str | None = None,
+    cpus_per_worker: float = 1,
+    gpus_per_worker: int = 0,
+    placement_strategy: str = "PACK",
+    runtime_env: Mapping[str, Any] | None = None,
+    start_timeout_s: float = 60.0,
 ) -> list[Any]:
     """Runs ``fn()`` on ``num_workers`` workers with ``TF_CONFIG`` set and returns the
     values in task order.
 
-    ``fn`` must be picklable (a function defined at module level, or a
-    ``functools.partial`` of one) and importable by the workers; its return value must be
-    picklable. Each worker has ``devices_per_worker`` logical CPUs. When ``TF_CONFIG``
-    is already set, ``fn`` runs in this process only and the list holds its one value.
+    ``backend="local"``: one process per worker on this machine; ``fn`` must be picklable
+    (a function defined at module level, or a ``functools.partial`` of one). ``backend="ray"``:
+    one Ray actor per worker, each in its own bundle (``cpus_per_worker`` CPUs,
+    ``gpus_per_worker`` GPUs) of one placement group (``placement_strategy``), at its
+    node's IP; ``fn`` is pickled by cloudpickle (lambdas and closures too). With
+    ``address=None`` and Ray not initialised, a local Ray sized for the request is started
+    and shut down at the end; a Ray the caller initialised, or one at ``address``, is
+    left running (as for :func:`allreduce.cluster.ray_cluster`). Each worker has
+    ``devices_per_worker`` logical CPUs (or, with GPUs, the GPUs Ray gave it). The return
+    value must be picklable. When ``TF_CONFIG`` is already set, ``fn`` runs in this
+    process only and the list holds its one value.
     ``poll()``, if given, is called in this thread about every 50 ms while the workers
     run (to report their progress); an exception it raises (``KeyboardInterrupt``
     too) stops the workers and propagates.
 
     Raises:
-        TypeError, ValueError: bad arguments (an unknown ``backend`` is named).
+        TypeError, ValueError: bad arguments (an unknown ``backend`` is named; a Ray
+            option with another backend), before anything starts.
+        ImportError: ``backend="ray"`` without Ray (``pip install 'allreduce[ray]'``).
+        WorkerStartError: (Ray) the actors were not placed or started within
+            ``start_timeout_s``.
         WorkerError: the first worker that raised or died (``task`` is its index; the
-            message holds its traceback), or ``reason="timeout"`` when the workers did
-            not finish within ``timeout_s``; the other workers are stopped.
+            message holds its traceback, and its node with Ray), or ``reason="timeout"``
+            when the workers did not finish within ``timeout_s``; the other workers are
+            stopped.
     """
-    payload = _check(fn, num_workers, devices_per_worker, backend, timeout_s)
+    _check(fn, num_workers, devices_per_worker, backend, timeout_s)
+    ray = _check_ray(
+        backend,
+        RayOptions(
+            address, cpus_per_worker, gpus_per_worker, placement_strategy, runtime_env, start_timeout_s
+        ),
+    )
+    payload = _pickle(fn) if backend == "local" else b""
     if os.environ.get("TF_CONFIG"):
         return _run_here(fn, num_workers, devices_per_worker)
+    if backend == "ray":
+        return run_on_ray(pickle_for_ray(fn), num_workers, devices_per_worker, timeout_s, ray, poll)
+    return _run_local(payload, num_workers, devices_per_worker, timeout_s, poll)
+
+
+def _run_local(
+    payload: bytes,
+    num_workers: int,
+    devices_per_worker: int,
+    timeout_s: float,
+    poll: Callable[[], None] | None,
+) -> list[Any]:
     addresses = [f"{LOOPBACK}:{port}" for port in free_ports(num_workers)]
     with tempfile.TemporaryDirectory(prefix="allreduce-spmd-") as name:
         folder = Path(name)

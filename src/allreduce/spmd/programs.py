@@ -18,7 +18,8 @@ unchanged, so results are bitwise identical on every worker.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from allreduce.planning.algorithms.halving_doubling import halving_doubling_plan
 from allreduce.planning.algorithms.ring import ring_all_gather_steps, ring_orders, ring_reduce_scatter_steps
@@ -214,13 +215,17 @@ def program(
     )
 
 
-def _step(action: Action, w: int, held: list, collected: list, pending: dict) -> bool:
+def _step(action: Action, w: int, held: list, collected: list, pending: dict, wire: Any) -> bool:
     """Runs one action of worker ``w`` in :func:`simulate`; ``False`` if it must wait."""
     if isinstance(action, Send):
         key = (w, action.peer, action.slot)
         if key in pending:
             raise RuntimeError(f"two sends with one key {key}")
-        pending[key] = held[w][action.start : action.stop]
+        piece = held[w][action.start : action.stop]
+        if wire is not None:  # the sender keeps the packet it sent, as the emitter does
+            piece = [wire(x) for x in piece]
+            held[w][action.start : action.stop] = piece
+        pending[key] = piece
         return True
     a, b = action.start, action.stop
     if isinstance(action, SumCollected):
@@ -243,12 +248,18 @@ def _step(action: Action, w: int, held: list, collected: list, pending: dict) ->
 
 
 def simulate(
-    alg: str, inputs: list[list[float]], itemsize: int = 4, shards: int = 1, index: int = 0
+    alg: str,
+    inputs: list[list[float]],
+    itemsize: int = 4,
+    shards: int = 1,
+    index: int = 0,
+    wire: Callable[[float], float] | None = None,
 ) -> list[list[float]]:
     """Runs every worker's program on plain lists (``inputs[w]`` is worker ``w``'s
     vector) and returns each worker's result: a check of the programs without a graph.
 
-    Exchanges are matched by ``(src, dst, slot)``.
+    Exchanges are matched by ``(src, dst, slot)``. ``wire`` rounds every value sent
+    (a compressing wire), and the sender keeps the rounded values in place of its own.
 
     Raises:
         RuntimeError: the programs do not match up (a send nobody receives, two sends
@@ -264,7 +275,9 @@ def simulate(
         progressed = False
         for w in range(n):
             actions = programs[w].actions
-            while position[w] < len(actions) and _step(actions[position[w]], w, held, collected, pending):
+            while position[w] < len(actions) and _step(
+                actions[position[w]], w, held, collected, pending, wire
+            ):
                 position[w] += 1
                 progressed = True
         if not progressed:

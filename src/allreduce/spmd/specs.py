@@ -37,13 +37,17 @@ MODE = "spmd"
 PEER_SPEC = "collective"
 
 
-def check_spmd_spec(specs: Sequence[Any], capable: Sequence[str] = CAPABLE) -> None:
+def check_spmd_spec(
+    specs: Sequence[Any], capable: Sequence[str] = CAPABLE, compression: str = "none"
+) -> None:
     """Checks that the across-workers level of every range of a parsed spec is one of
-    ``capable`` (a flat name is its own across-workers level).
+    ``capable`` (a flat name is its own across-workers level), and that a range that
+    compresses (its own ``@wire``, else ``compression``) runs pairwise exchanges across
+    workers: ``collective`` sums inside TensorFlow's kernel, where no wire reaches.
 
     Raises:
-        ValueError: a range whose algorithm has no SPMD form, or a compressed range,
-            named with the choices.
+        ValueError: a range whose algorithm has no SPMD form, named with the choices; or
+            one that compresses with ``collective`` across workers.
     """
     for spec in specs:
         info = get_algorithm(spec.alg)
@@ -53,9 +57,11 @@ def check_spmd_spec(specs: Sequence[Any], capable: Sequence[str] = CAPABLE) -> N
                 f"spec {spec.alg!r}: {upper!r} cannot run across workers in SPMD mode; "
                 f"use one of {', '.join(capable)} (or A/B with one of them as B)"
             )
-        if spec.compression is not None:
+        wire = spec.compression if spec.compression is not None else compression
+        if wire != "none" and upper not in ALGORITHMS:
             raise ValueError(
-                f"spec {spec.alg!r}: compression ({spec.compression!r}) is not supported in SPMD mode"
+                f"spec {spec.alg!r}: compression ({wire!r}) needs pairwise exchanges across workers "
+                f"({', '.join(ALGORITHMS)}), not {upper!r}"
             )
 
 
