@@ -276,7 +276,8 @@ def _check_peers(options: Options) -> None:
 
 
 def _check_spmd(options: Options) -> None:
-    """``--spmd``: local worker processes, specs that run in SPMD mode, no compression."""
+    """``--spmd``: local worker processes, specs that run in SPMD mode, exact sums (the
+    SPMD sweep does not measure compression)."""
     for other in ("connect", "ray"):
         if getattr(options, other) is not None:
             raise UsageError(f"--spmd does not go with --{other}: it starts its own local worker processes")
@@ -285,7 +286,10 @@ def _check_spmd(options: Options) -> None:
     if options.workload == "model":
         raise UsageError("--spmd measures --workload sweep or many-small, not model")
     if options.compression != ("none",):
-        raise UsageError("--compression does not go with --spmd: SPMD mode does not compress")
+        raise UsageError(
+            "--compression does not go with --spmd: the SPMD sweep measures exact sums only "
+            "(spmd.all_reduce(compression=...) compresses, see docs/compression.md)"
+        )
     if options.explain:
         raise UsageError("--explain does not go with --spmd: its plans are those of the one-client mode")
     from allreduce.planning.spec import parse_all_reduce_spec
