@@ -24,8 +24,9 @@ from allreduce.bench.options import (
 from allreduce.bench.report import format_number, format_rows, format_summary
 from allreduce.measure import cases
 from allreduce.measure.catalog import format_spec_list
+from allreduce.measure.checks import count_wrong
 from allreduce.measure.contenders import FLOOR, OURS, PEER
-from allreduce.measure.driver import Result, count_wrong
+from allreduce.measure.driver import Result
 from allreduce.planning.registry import NAMED_HIERARCHICAL, algorithm_names, get_algorithm
 from tests.oracle import exact_sum
 

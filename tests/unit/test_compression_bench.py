@@ -12,8 +12,8 @@ import pytest
 import allreduce
 from allreduce.bench.cli import main
 from allreduce.measure import cases
+from allreduce.measure.checks import count_wrong, largest_error
 from allreduce.measure.contenders import Setup, SpecContender
-from allreduce.measure.driver import count_wrong, largest_error
 from tests.strategies import cpu
 
 TINY_RUN = ["--quick", "--max-bytes", "4096", "--iters", "2", "--warmup", "0", "--no-progress", "--no-peers"]
@@ -93,7 +93,7 @@ def test_a_spec_contender_bounds_each_element_by_its_sum() -> None:
 def test_a_run_that_compresses_sums_inputs_that_round_exactly_without_compression() -> None:
     """Random multiples of 2**-12: bfloat16 and float16 round them, float32 sums them
     exactly in any order; other dtypes keep the integers."""
-    from allreduce.measure.driver import make_inputs
+    from allreduce.measure.checks import make_inputs
 
     case = cases.Case("t", ((3000,),), "float32")
     devices = [cpu(i) for i in range(4)]

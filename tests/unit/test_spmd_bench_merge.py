@@ -55,4 +55,5 @@ def test_the_default_specs_are_the_registrys_spmd_capable_ones_but_the_peer():
         flat = [n for n in algorithm_names() if get_algorithm(n).reduces and n in CAPABLE and n != PEER_SPEC]
         assert set(flat) <= set(specs)
         assert any("/" in s for s in specs) == (devices > 1)
-    assert not is_spmd_capable("simple") and not is_spmd_capable("xring@bf16")
+    assert not is_spmd_capable("simple") and not is_spmd_capable("collective@bf16")
+    assert is_spmd_capable("xring@bf16")  # pairwise exchanges compress across workers

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from allreduce.measure.cases import Case, expected_sum, input_pattern
+from allreduce.measure.checks import count_wrong, drain
 from allreduce.measure.contenders import LIBRARY_PACK_MAX_GROUP, OURS, PEER
-from allreduce.measure.driver import Result, count_wrong, describe_error, drain
+from allreduce.measure.driver import Result, describe_error
 from allreduce.selection.auto import is_auto
 from allreduce.spmd.specs import MODE, PEER_SPEC, cluster_devices, is_spmd_capable
 
