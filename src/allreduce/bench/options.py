@@ -299,6 +299,9 @@ def _check_spmd(options: Options) -> None:
     for spec in options.specs or ():
         if not is_auto(spec):
             try:
-                check_spmd_spec(parse_all_reduce_spec(spec))
+                parsed = parse_all_reduce_spec(spec)
+                check_spmd_spec(parsed)
             except ValueError as err:
                 raise UsageError(f"--specs: {err}") from None
+            if any(p.compression is not None for p in parsed):
+                raise UsageError(f"--specs {spec}: the SPMD sweep measures exact sums only, not @wire")
