@@ -109,3 +109,14 @@ def fails(message: str) -> None:
     if worker.rank == 1:
         raise ValueError(message)
     return worker.rank
+
+
+def one_sum(length: int) -> np.ndarray:
+    """One ``xring`` all-reduce of this worker's one-device input; the sum as an array."""
+    import tensorflow as tf
+
+    from allreduce import spmd
+
+    worker = spmd.start()
+    (summed,) = spmd.all_reduce(_tensors(tf, worker, 1, length, "float32"), "xring", timeout_s=60)
+    return summed.numpy()

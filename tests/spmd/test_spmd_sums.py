@@ -79,6 +79,33 @@ def test_a_worker_error_reaches_the_launcher_with_its_index():
     assert isinstance(info.value.__cause__, ValueError)
 
 
+def test_a_port_taken_after_it_was_picked_is_retried_with_new_ports(monkeypatch):
+    import socket
+
+    from allreduce.spmd import launcher
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    picks = []
+    real = launcher.free_ports
+
+    def pick(count):
+        picks.append(count)
+        return [taken.getsockname()[1], *real(count - 1)] if len(picks) == 1 else real(count)
+
+    monkeypatch.setattr(launcher, "free_ports", pick)
+    try:
+        results = spmd.launch(functools.partial(_scenarios.one_sum, 64), 2, timeout_s=120)
+    finally:
+        taken.close()
+    assert picks == [2, 2]
+    want = _scenarios.expected(2, 1, 64, "float32").astype(np.float32)
+    for got in results:
+        np.testing.assert_array_equal(got, want)
+    assert results[0].tobytes() == results[1].tobytes()
+
+
 def test_with_tf_config_already_set_launch_runs_fn_here_only():
     import json
     import os

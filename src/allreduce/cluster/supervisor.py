@@ -31,10 +31,12 @@ log = logging.getLogger("allreduce.cluster")
 
 LOOPBACK = "127.0.0.1"
 _POLL_S = 0.05
-_START_ATTEMPTS = 3
+#: Attempts to start workers on ports chosen here, when another program took one meanwhile.
+START_ATTEMPTS = 3
 _STDERR_TAIL = 4000
 _REAP_S = 10.0
-_BIND_FAILURE = "Could not start gRPC server"
+#: What TensorFlow says when a server cannot bind its port.
+BIND_FAILURE = "Could not start gRPC server"
 
 
 def free_ports(count: int) -> list[int]:
@@ -234,15 +236,15 @@ class Supervisor:
     ) -> None:
         self.devices_per_worker = devices_per_worker
         self.workers: list[WorkerProcess] = []
-        for attempt in range(1, _START_ATTEMPTS + 1):
+        for attempt in range(1, START_ATTEMPTS + 1):
             chosen = list(ports) if ports is not None else free_ports(workers)
             try:
                 self._start(chosen, timeout_s)
                 return
             except BaseException as err:  # Ctrl-C while starting too: no worker is left behind
                 self.close()
-                taken = isinstance(err, WorkerStartError) and _BIND_FAILURE in err.stderr
-                if not taken or ports is not None or attempt == _START_ATTEMPTS:
+                taken = isinstance(err, WorkerStartError) and BIND_FAILURE in err.stderr
+                if not taken or ports is not None or attempt == START_ATTEMPTS:
                     raise
                 log.info("a worker port was taken meanwhile; retrying with new ports (%s)", err)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from allreduce.cluster.errors import WorkerError
 from allreduce.cluster.ray_group import PLACEMENT_STRATEGIES
-from allreduce.cluster.supervisor import LOOPBACK, describe_exit, free_ports
+from allreduce.cluster.supervisor import BIND_FAILURE, LOOPBACK, START_ATTEMPTS, describe_exit, free_ports
 from allreduce.core.validation import (
     check_callable,
     check_choice,
@@ -205,7 +205,9 @@ def launch(
     values in task order.
 
     ``backend="local"``: one process per worker on this machine; ``fn`` must be picklable
-    (a function defined at module level, or a ``functools.partial`` of one). ``backend="ray"``:
+    (a function defined at module level, or a ``functools.partial`` of one). A port that
+    another program takes between its choice and a worker's bind starts every worker
+    again on new ports (up to 3 attempts). ``backend="ray"``:
     one Ray actor per worker, each in its own bundle (``cpus_per_worker`` CPUs,
     ``gpus_per_worker`` GPUs) of one placement group (``placement_strategy``), at its
     node's IP; ``fn`` is pickled by cloudpickle (lambdas and closures too). With
@@ -246,6 +248,26 @@ def launch(
 
 
 def _run_local(
+    payload: bytes,
+    num_workers: int,
+    devices_per_worker: int,
+    timeout_s: float,
+    poll: Callable[[], None] | None,
+) -> list[Any]:
+    """Runs the pickled function on local worker processes; a port that another program
+    took between its choice and the worker's bind is retried with new ports (up to
+    :data:`~allreduce.cluster.supervisor.START_ATTEMPTS` attempts in all)."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _run_local_once(payload, num_workers, devices_per_worker, timeout_s, poll)
+        except WorkerError as err:
+            if BIND_FAILURE not in str(err) or attempt == START_ATTEMPTS:
+                raise
+            log.info("a worker port was taken meanwhile; starting the workers again with new ports")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _run_local_once(
     payload: bytes,
     num_workers: int,
     devices_per_worker: int,
