@@ -181,6 +181,8 @@ def test_launch_checks_its_arguments_before_starting_anything():
         spmd.launch(lambda: 1, 2)
     with pytest.raises(TypeError, match="callable"):
         spmd.launch("fn", 2)
+    with pytest.raises(TypeError, match="poll must be callable, got int: 1"):
+        spmd.launch(print, 2, poll=1)
 
 
 def test_importing_the_package_does_not_import_tensorflow():

@@ -53,8 +53,12 @@ _POLL_S = 0.05
 _STDERR_TAIL = 4000
 
 
-def _check(fn: Any, num_workers: Any, devices_per_worker: Any, backend: Any, timeout_s: Any) -> None:
+def _check(
+    fn: Any, num_workers: Any, devices_per_worker: Any, backend: Any, timeout_s: Any, poll: Any
+) -> None:
     check_callable("fn", fn)
+    if poll is not None:
+        check_callable("poll", poll)
     check_int("num_workers", num_workers, minimum=1)
     check_int("devices_per_worker", devices_per_worker, minimum=1)
     check_choice("backend", backend, BACKENDS)
@@ -230,7 +234,7 @@ def launch(
             when the workers did not finish within ``timeout_s``; the other workers are
             stopped.
     """
-    _check(fn, num_workers, devices_per_worker, backend, timeout_s)
+    _check(fn, num_workers, devices_per_worker, backend, timeout_s, poll)
     ray = _check_ray(
         backend,
         RayOptions(
