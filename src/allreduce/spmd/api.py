@@ -205,7 +205,7 @@ def all_reduce(
         spec: a spec whose across-workers level is ``xring``, ``rechd``, ``torus``,
             ``pscpu`` or ``collective`` (``A/B`` runs ``A`` within the worker; a flat
             name runs on both levels), or ``"auto"``: the tuning of this cluster's
-            shape (:func:`allreduce.tuning.tune_spmd`), else the cost model's choice.
+            shape (:func:`allreduce.tuning.spmd.tune_spmd`), else the cost model's choice.
         reduction: ``"sum"`` or ``"mean"`` (over all devices of all workers).
         devices: this worker's device of each tensor; defaults to the tensors' own
             devices, or this worker's ``CPU:0..k-1`` inside a ``tf.function``.
