@@ -162,6 +162,9 @@ def test_specs_without_an_spmd_form_are_named():
     check_spmd_spec(parse_all_reduce_spec("pscpu:64k:xring#2"), ("xring", "pscpu"))
     with pytest.raises(ValueError, match="'simple' cannot run across workers"):
         check_spmd_spec(parse_all_reduce_spec("xring/simple"), ("xring", "pscpu"))
+    check_spmd_spec(parse_all_reduce_spec("collective/collective"), ("collective",))
+    with pytest.raises(ValueError, match=r"'collective' cannot be the within-worker level.*'pscpu/xring'"):
+        check_spmd_spec(parse_all_reduce_spec("pscpu:1k:collective/xring"), ("xring", "pscpu"))
     check_spmd_spec(parse_all_reduce_spec("pscpu/xring@bf16:1k:rechd@fp16"), ("xring", "rechd", "collective"))
     check_spmd_spec(parse_all_reduce_spec("collective@none"), ("collective",), "fp16")
     with pytest.raises(ValueError, match=r"compression \('bf16'\) needs pairwise.*not 'collective'"):
