@@ -8,6 +8,7 @@ no unmatched exchange, no deadlock.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 
 import pytest
@@ -186,6 +187,45 @@ def test_launch_checks_its_arguments_before_starting_anything():
         spmd.launch("fn", 2)
     with pytest.raises(TypeError, match="poll must be callable, got int: 1"):
         spmd.launch(print, 2, poll=1)
+
+
+def test_workers_that_ignore_sigterm_share_one_grace_period_before_sigkill():
+    import signal
+    import subprocess
+
+    from allreduce.spmd import launcher
+
+    now = [0.0]
+    log = []
+
+    class Process:
+        def __init__(self, task):
+            self.task = task
+
+        def poll(self):
+            return None
+
+        def send_signal(self, sig):
+            log.append((self.task, sig))
+
+        def wait(self, timeout=None):
+            if timeout is None:
+                return -9
+            log.append((self.task, "wait", timeout))
+            now[0] += timeout  # the worker ignores SIGTERM: the whole wait passes
+            raise subprocess.TimeoutExpired("worker", timeout)
+
+    children = []
+    for task in range(3):
+        child = launcher._Child.__new__(launcher._Child)
+        child.task, child.process, child.stderr = task, Process(task), open(os.devnull, "rb")  # noqa: SIM115
+        children.append(child)
+    launcher._stop(children, clock=lambda: now[0])
+    assert log[:3] == [(t, signal.SIGTERM) for t in range(3)]
+    waits = [entry[2] for entry in log if entry[1] == "wait"]
+    assert waits == [launcher._STOP_S, 0.0, 0.0]
+    assert [entry[0] for entry in log if entry[1] == signal.SIGKILL] == [0, 1, 2]
+    assert all(child.stderr.closed for child in children)
 
 
 def test_importing_the_package_does_not_import_tensorflow():
