@@ -174,6 +174,18 @@ def test_specs_without_an_spmd_form_are_named():
         check_spmd_spec(parse_all_reduce_spec("xring:1k:collective"), ("xring", "collective"), "fp16")
 
 
+def test_error_bound_refuses_what_all_reduce_refuses():
+    from allreduce import spmd
+
+    assert spmd.error_bound("collective", 2, 2).wire == 0
+    with pytest.raises(ValueError, match=r"compression \('fp16'\) needs pairwise.*not 'collective'"):
+        spmd.error_bound("collective", 2, 2, "fp16")
+    with pytest.raises(ValueError, match="'simple' cannot run across workers"):
+        spmd.error_bound("xring:1k:simple", 2, 2)
+    with pytest.raises(TypeError, match="compression"):
+        spmd.error_bound("xring", 2, 2, 5)
+
+
 def test_launch_checks_its_arguments_before_starting_anything():
     from allreduce import spmd
 
