@@ -78,3 +78,23 @@ def test_a_dead_or_frozen_peer_fails_every_pending_call_within_the_timeout(mode)
         assert result["seconds"] < TIMEOUT_S + MARGIN_S, result
         assert result["task"] in {0, 1, 2} - {rank}, result
         assert f"with task {result['task']}" in result["message"], result
+
+
+def test_a_call_that_differs_from_a_peers_is_a_value_error_not_a_dead_peer():
+    import tensorflow as tf
+
+    from allreduce.cluster import WorkerError
+    from allreduce.spmd.api import _peer_error
+    from allreduce.spmd.runtime import Worker
+
+    worker = Worker(1, 2, "worker", 1, ("127.0.0.1:1", "127.0.0.1:2"))
+    shape = tf.errors.InvalidArgumentError(
+        None, None, "Shape mismatch in the collective instance 1610612736 [[{{node spmd/recv_from_task_0}}]]"
+    )
+    err = _peer_error(shape, worker, 5.0)
+    assert type(err) is ValueError
+    assert "worker 1 with task 0 (127.0.0.1:1)" in str(err)
+    assert "calls differ" in str(err) and "Shape mismatch" in str(err)
+    late = tf.errors.DeadlineExceededError(None, None, "timed out [[{{node spmd/recv_from_task_0}}]]")
+    err = _peer_error(late, worker, 5.0)
+    assert isinstance(err, WorkerError) and (err.task, err.reason) == (0, "timeout")

@@ -8,6 +8,7 @@ no unmatched exchange, no deadlock.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 
 import pytest
@@ -162,12 +163,27 @@ def test_specs_without_an_spmd_form_are_named():
     check_spmd_spec(parse_all_reduce_spec("pscpu:64k:xring#2"), ("xring", "pscpu"))
     with pytest.raises(ValueError, match="'simple' cannot run across workers"):
         check_spmd_spec(parse_all_reduce_spec("xring/simple"), ("xring", "pscpu"))
+    check_spmd_spec(parse_all_reduce_spec("collective/collective"), ("collective",))
+    with pytest.raises(ValueError, match=r"'collective' cannot be the within-worker level.*'pscpu/xring'"):
+        check_spmd_spec(parse_all_reduce_spec("pscpu:1k:collective/xring"), ("xring", "pscpu"))
     check_spmd_spec(parse_all_reduce_spec("pscpu/xring@bf16:1k:rechd@fp16"), ("xring", "rechd", "collective"))
     check_spmd_spec(parse_all_reduce_spec("collective@none"), ("collective",), "fp16")
     with pytest.raises(ValueError, match=r"compression \('bf16'\) needs pairwise.*not 'collective'"):
         check_spmd_spec(parse_all_reduce_spec("pscpu/collective@bf16"), ("collective",))
     with pytest.raises(ValueError, match=r"compression \('fp16'\)"):
         check_spmd_spec(parse_all_reduce_spec("xring:1k:collective"), ("xring", "collective"), "fp16")
+
+
+def test_error_bound_refuses_what_all_reduce_refuses():
+    from allreduce import spmd
+
+    assert spmd.error_bound("collective", 2, 2).wire == 0
+    with pytest.raises(ValueError, match=r"compression \('fp16'\) needs pairwise.*not 'collective'"):
+        spmd.error_bound("collective", 2, 2, "fp16")
+    with pytest.raises(ValueError, match="'simple' cannot run across workers"):
+        spmd.error_bound("xring:1k:simple", 2, 2)
+    with pytest.raises(TypeError, match="compression"):
+        spmd.error_bound("xring", 2, 2, 5)
 
 
 def test_launch_checks_its_arguments_before_starting_anything():
@@ -181,6 +197,47 @@ def test_launch_checks_its_arguments_before_starting_anything():
         spmd.launch(lambda: 1, 2)
     with pytest.raises(TypeError, match="callable"):
         spmd.launch("fn", 2)
+    with pytest.raises(TypeError, match="poll must be callable, got int: 1"):
+        spmd.launch(print, 2, poll=1)
+
+
+def test_workers_that_ignore_sigterm_share_one_grace_period_before_sigkill():
+    import signal
+    import subprocess
+
+    from allreduce.spmd import launcher
+
+    now = [0.0]
+    log = []
+
+    class Process:
+        def __init__(self, task):
+            self.task = task
+
+        def poll(self):
+            return None
+
+        def send_signal(self, sig):
+            log.append((self.task, sig))
+
+        def wait(self, timeout=None):
+            if timeout is None:
+                return -9
+            log.append((self.task, "wait", timeout))
+            now[0] += timeout  # the worker ignores SIGTERM: the whole wait passes
+            raise subprocess.TimeoutExpired("worker", timeout)
+
+    children = []
+    for task in range(3):
+        child = launcher._Child.__new__(launcher._Child)
+        child.task, child.process, child.stderr = task, Process(task), open(os.devnull, "rb")  # noqa: SIM115
+        children.append(child)
+    launcher._stop(children, clock=lambda: now[0])
+    assert log[:3] == [(t, signal.SIGTERM) for t in range(3)]
+    waits = [entry[2] for entry in log if entry[1] == "wait"]
+    assert waits == [launcher._STOP_S, 0.0, 0.0]
+    assert [entry[0] for entry in log if entry[1] == signal.SIGKILL] == [0, 1, 2]
+    assert all(child.stderr.closed for child in children)
 
 
 def test_importing_the_package_does_not_import_tensorflow():

@@ -20,11 +20,10 @@ device names that stand for a cluster's shape), :mod:`~allreduce.spmd.emit` (the
 worker processes) with :mod:`~allreduce.spmd.ray_launcher` (Ray actors), and
 :mod:`~allreduce.spmd.accuracy` (the error bound of compressed SPMD all-reduces).
 
-This package may use the planning modules (``spec``, ``devices``, ``schedules``,
-``registry``, ``ranges``, ``plan``), the graph layer (``algorithms``, ``_eager``, ``_tf``),
-the cluster errors and process helpers, ``validation`` and TensorFlow; not the bench or
-tuning. Names are loaded on first use: ``import allreduce.spmd`` does not import
-TensorFlow.
+This package may use the layers below it (the entry points, ``cluster``, ``graph``,
+``selection``, ``planning``, ``core``) and TensorFlow; not ``measure``, ``tuning`` or
+the bench (the contracts in ``pyproject.toml``). Names are loaded on first use:
+``import allreduce.spmd`` does not import TensorFlow.
 """
 
 from __future__ import annotations

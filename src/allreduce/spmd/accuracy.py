@@ -21,6 +21,7 @@ from allreduce.planning.accuracy import ErrorBound
 from allreduce.planning.accuracy import error_bound as _one_client_bound
 from allreduce.planning.registry import get_algorithm
 from allreduce.planning.spec import check_spec
+from allreduce.spmd.specs import check_spmd_spec
 
 __layer__ = "model"
 
@@ -41,13 +42,18 @@ def error_bound(
     sum (or mean); ``ErrorBound.limit(sum|x_i|, max|x|)`` gives it per element.
 
     Raises:
-        TypeError, ValueError: as :func:`allreduce.error_bound`, or a bad worker or
-            device count.
+        TypeError, ValueError: as :func:`allreduce.error_bound`, a bad worker or device
+            count, or a spec that :func:`allreduce.spmd.all_reduce` refuses with this
+            compression (no SPMD form; compression with ``collective`` across workers).
     """
     check_int("num_workers", num_workers, minimum=1)
     check_int("devices_per_worker", devices_per_worker, minimum=1)
+    specs = check_spec(spec)
+    wire = compression if isinstance(compression, str) else getattr(compression, "name", None)
+    if isinstance(wire, str):  # anything else: allreduce.error_bound names it below
+        check_spmd_spec(specs, compression=wire)
     ranges = []
-    for item in check_spec(spec):
+    for item in specs:
         info = get_algorithm(item.alg)
         alg = item.alg if info.levels else f"{item.alg}/{item.alg}"
         ranges.append(item._replace(alg=alg))

@@ -112,9 +112,12 @@ def _request(
     )
 
 
-def _peer_error(err: tf.errors.OpError, worker: runtime.Worker, timeout_s: float) -> WorkerError | None:
+def _peer_error(
+    err: tf.errors.OpError, worker: runtime.Worker, timeout_s: float
+) -> WorkerError | ValueError | None:
     """A :class:`WorkerError` naming the peer of the failed exchange, when the error
-    comes from one."""
+    comes from one; a ``ValueError`` when TensorFlow found that the workers' calls
+    differ (a shape or dtype of one exchange)."""
     text = f"{getattr(err.op, 'name', '')} {err.message}"
     found = _PEER.search(text)
     if found is None and "collective" not in text.lower():
@@ -126,6 +129,12 @@ def _peer_error(err: tf.errors.OpError, worker: runtime.Worker, timeout_s: float
     else:
         peer = None
         who = f"a collective of worker {worker.rank} across all workers"
+    if isinstance(err, tf.errors.InvalidArgumentError):
+        return ValueError(
+            f"{who} failed: the workers' calls differ (every worker must make the same SPMD calls "
+            f"in the same order on each channel, with the same specs, shapes, dtypes and number of "
+            f"local devices); TensorFlow's message: {err.message}"
+        )
     message = (
         f"{who} failed ({type(err).__name__}): that worker, or one it waits for, died, stopped or "
         f"answered too late (each exchange waits at most {timeout_s:g} s); "
@@ -205,7 +214,7 @@ def all_reduce(
         spec: a spec whose across-workers level is ``xring``, ``rechd``, ``torus``,
             ``pscpu`` or ``collective`` (``A/B`` runs ``A`` within the worker; a flat
             name runs on both levels), or ``"auto"``: the tuning of this cluster's
-            shape (:func:`allreduce.tuning.tune_spmd`), else the cost model's choice.
+            shape (:func:`allreduce.tuning.spmd.tune_spmd`), else the cost model's choice.
         reduction: ``"sum"`` or ``"mean"`` (over all devices of all workers).
         devices: this worker's device of each tensor; defaults to the tensors' own
             devices, or this worker's ``CPU:0..k-1`` inside a ``tf.function``.
@@ -225,8 +234,9 @@ def all_reduce(
 
     Raises:
         TypeError, ValueError: bad arguments, an algorithm without an SPMD form,
-            compression with ``collective`` across workers, a malformed cluster, or a
-            device of another worker.
+            compression with ``collective`` across workers, a malformed cluster, a
+            device of another worker, or (eager calls) a call that differs from a
+            peer's in a way TensorFlow detects (a shape or dtype).
         WorkerError: (eager calls) an exchange failed or timed out; ``task`` names the
             peer where it is known.
     """

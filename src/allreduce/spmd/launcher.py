@@ -53,8 +53,12 @@ _POLL_S = 0.05
 _STDERR_TAIL = 4000
 
 
-def _check(fn: Any, num_workers: Any, devices_per_worker: Any, backend: Any, timeout_s: Any) -> None:
+def _check(
+    fn: Any, num_workers: Any, devices_per_worker: Any, backend: Any, timeout_s: Any, poll: Any
+) -> None:
     check_callable("fn", fn)
+    if poll is not None:
+        check_callable("poll", poll)
     check_int("num_workers", num_workers, minimum=1)
     check_int("devices_per_worker", devices_per_worker, minimum=1)
     check_choice("backend", backend, BACKENDS)
@@ -142,14 +146,24 @@ class _Child:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
 
-    def close(self) -> None:
-        """Waits briefly for the worker to leave, kills it if it does not, and reaps it."""
+    def close(self, wait_s: float = _STOP_S) -> None:
+        """Waits up to ``wait_s`` for the worker to leave, kills it if it does not, and reaps it."""
         try:
-            self.process.wait(timeout=_STOP_S)
+            self.process.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
         self.stderr.close()
+
+
+def _stop(children: list[_Child], clock: Callable[[], float] = time.monotonic) -> None:
+    """Asks every worker to leave, and kills those still there ``_STOP_S`` later: one
+    grace period for all, not one per worker."""
+    for child in children:
+        child.stop()
+    deadline = clock() + _STOP_S
+    for child in children:
+        child.close(max(0.0, deadline - clock()))
 
 
 def _error(task: int, kind: str, detail: Any) -> WorkerError:
@@ -232,7 +246,7 @@ def launch(
             when the workers did not finish within ``timeout_s``; the other workers are
             stopped.
     """
-    _check(fn, num_workers, devices_per_worker, backend, timeout_s)
+    _check(fn, num_workers, devices_per_worker, backend, timeout_s, poll)
     ray = _check_ray(
         backend,
         RayOptions(
@@ -286,7 +300,4 @@ def _run_local_once(
             log.info("launched %d workers at %s", num_workers, ", ".join(addresses))
             return _wait(children, timeout_s, poll)
         finally:
-            for child in children:
-                child.stop()
-            for child in children:
-                child.close()
+            _stop(children)

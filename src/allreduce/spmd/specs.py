@@ -46,16 +46,24 @@ def check_spmd_spec(
     workers: ``collective`` sums inside TensorFlow's kernel, where no wire reaches.
 
     Raises:
-        ValueError: a range whose algorithm has no SPMD form, named with the choices; or
-            one that compresses with ``collective`` across workers.
+        ValueError: a range whose algorithm has no SPMD form, named with the choices; one
+            with ``collective`` within the worker under another algorithm across workers
+            (every worker would take the same collective group); or one that compresses
+            with ``collective`` across workers.
     """
     for spec in specs:
         info = get_algorithm(spec.alg)
-        upper = info.levels[1] if info.levels else info.name
+        lower, upper = info.levels if info.levels else (info.name, info.name)
         if upper not in capable:
             raise ValueError(
                 f"spec {spec.alg!r}: {upper!r} cannot run across workers in SPMD mode; "
                 f"use one of {', '.join(capable)} (or A/B with one of them as B)"
+            )
+        if lower == "collective" and upper != "collective":
+            raise ValueError(
+                f"spec {spec.alg!r}: 'collective' cannot be the within-worker level A of A/B in "
+                f"SPMD mode (every worker would join the same collective group); use another A, "
+                f"e.g. 'pscpu/{upper}', or 'collective' alone"
             )
         wire = spec.compression if spec.compression is not None else compression
         if wire != "none" and upper not in ALGORITHMS:
