@@ -29,6 +29,8 @@ log = logging.getLogger("allreduce.cluster")
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 _END_S = 10.0
+#: Seconds ``ray.kill`` has to end an actor at release before its process is killed.
+_KILL_GRACE_S = 2.0
 
 
 class RayRequest(NamedTuple):
@@ -159,10 +161,19 @@ class RayGroup:
             self.ray.kill(self.actors[task], no_restart=True)
 
     def release(self) -> None:
-        """Ends every actor, waits for their deaths, removes the placement group, and shuts
-        Ray down where this process started it."""
-        for task in range(len(self.actors)):
-            self.end(task)
+        """Ends every actor (``ray.kill``, then :meth:`end` for any that has not died
+        within :data:`_KILL_GRACE_S`, a stopped one), waits for their deaths, removes the
+        placement group, and shuts Ray down where this process started it."""
+        for actor in self.actors:
+            with contextlib.suppress(Exception):  # Ray may already be down
+                self.ray.kill(actor, no_restart=True)
+        dead: list[Any] = []
+        with contextlib.suppress(Exception):
+            if self.watches:
+                dead, _ = self.ray.wait(self.watches, num_returns=len(self.watches), timeout=_KILL_GRACE_S)
+        for task, watch in enumerate(self.watches or [None] * len(self.actors)):
+            if watch is None or watch not in dead:
+                self.end(task)
         with contextlib.suppress(Exception):
             if self.watches:
                 self.ray.wait(self.watches, num_returns=len(self.watches), timeout=_END_S)
