@@ -57,3 +57,54 @@ def test_the_default_specs_are_the_registrys_spmd_capable_ones_but_the_peer():
         assert any("/" in s for s in specs) == (devices > 1)
     assert not is_spmd_capable("simple") and not is_spmd_capable("collective@bf16")
     assert is_spmd_capable("xring@bf16")  # pairwise exchanges compress across workers
+
+
+def _stub_worker(monkeypatch, steps):
+    """``measure_case`` on one stub worker whose contenders' steps are ``steps`` (no
+    TensorFlow runtime, no other worker)."""
+    import types
+
+    import numpy as np
+
+    from allreduce.measure import spmd_driver
+
+    monkeypatch.setattr(spmd_driver, "_inputs", lambda case, rank, devices, total: ([], [np.zeros(1024)]))
+    calls = iter(steps)
+    monkeypatch.setattr(spmd_driver, "_compile", lambda *args: next(calls))
+    monkeypatch.setattr(spmd_driver, "_check", lambda *args: None)
+    plan = spmd_driver.Plan((CASE,), tuple(spmd_contenders(["xring", "rechd"], peer=False)), 1, 0, 2, 5.0)
+    worker = types.SimpleNamespace(num_workers=2, rank=0)
+    return lambda: spmd_driver.measure_case(CASE, plan, worker, ["/device:CPU:0"])
+
+
+def test_a_step_that_fails_while_it_runs_ends_the_worker_naming_the_contender_and_case(monkeypatch):
+    import pytest
+
+    from allreduce.measure.spmd_driver import StepFailed
+
+    def good():
+        return [[]]
+
+    runs = iter([None, None, RuntimeError("DeadlineExceeded: the peer did not answer")])
+
+    def flaky():
+        err = next(runs)
+        if err is not None:
+            raise err
+        return [[]]
+
+    measure = _stub_worker(monkeypatch, [good, flaky])
+    with pytest.raises(StepFailed, match="rechd on 4KiB failed: RuntimeError: DeadlineExceeded"):
+        measure()
+
+
+def test_a_contender_that_cannot_be_built_is_a_skipped_row_and_the_others_run(monkeypatch):
+    def cannot():
+        raise ValueError("no SPMD form here")
+
+    def good():
+        return [[]]
+
+    records = _stub_worker(monkeypatch, [cannot, good])()
+    assert records[0].skipped == "ValueError: no SPMD form here" and not records[0].samples_s
+    assert records[1].skipped is None and len(records[1].samples_s) == 2

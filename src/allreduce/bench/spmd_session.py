@@ -157,6 +157,8 @@ def measure_spmd(
 
 
 def _worker_failed(err: Exception) -> int:
-    """Reports a worker that failed, on one line (its traceback shortened); the exit status."""
-    sys.stderr.write(f"allreduce-bench: error: {' '.join(str(err).split())[:2000]}\n")
+    """Reports a worker that failed on one line (the first of its message, without the
+    traceback); the exit status."""
+    lines = str(err).strip().splitlines() or [repr(err)]
+    sys.stderr.write(f"allreduce-bench: error: {' '.join(lines[0].split())[:500]}\n")
     return EXIT_FAILED

@@ -219,15 +219,29 @@ def _start(
     except _CANNOT_BUILD as err:
         record.skipped = describe_error(err)
         return record, None
-    except Exception as err:  # an error while it runs: a failed row
-        record.error = describe_error(err)
-        return record, None
+    except Exception as err:
+        raise _failed(contender, case, err) from err
     return record, step
+
+
+class StepFailed(RuntimeError):
+    """A step failed while it ran on this worker. The other workers wait on this one, and
+    after a failed collective TensorFlow refuses every later one in the process, so the
+    run ends here rather than with an error row for every later case."""
+
+
+def _failed(contender: SpmdContender, case: Case, err: BaseException) -> StepFailed:
+    return StepFailed(f"{contender.name} on {case.name} failed: {describe_error(err)}")
 
 
 def measure_case(case: Case, plan: Plan, worker: Any, devices: list[str]) -> list[Record]:
     """This worker's records of every contender of ``plan`` on ``case`` (see the module
-    docstring); ``worker`` is :func:`allreduce.spmd.start`'s, ``devices`` its devices."""
+    docstring); ``worker`` is :func:`allreduce.spmd.start`'s, ``devices`` its devices.
+
+    Raises:
+        StepFailed: a step failed while it ran (a contender that cannot be built is a
+            skipped record instead).
+    """
     total = worker.num_workers * len(devices)
     towers, expected = _inputs(case, worker.rank, devices, total)
     records, running = [], []
@@ -235,11 +249,9 @@ def measure_case(case: Case, plan: Plan, worker: Any, devices: list[str]) -> lis
         record, step = _start(contender, towers, expected, case, plan, worker, devices)
         records.append(record)
         if step is not None:
-            running.append((record, step))
+            running.append((contender, record, step))
     for i in range(plan.warmup + plan.iters):
-        for record, step in running:
-            if record.error is not None:
-                continue
+        for contender, record, step in running:
             try:
                 outputs, elapsed = _timed(step)
                 if i >= plan.warmup:
@@ -247,7 +259,7 @@ def measure_case(case: Case, plan: Plan, worker: Any, devices: list[str]) -> lis
                 if i == plan.warmup + plan.iters - 1:
                     _check(record, outputs, expected, case)
             except Exception as err:
-                record.error = describe_error(err)
+                raise _failed(contender, case, err) from err
     return records
 
 
