@@ -8,6 +8,7 @@ no unmatched exchange, no deadlock.
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from allreduce.core.validation import check_spmd_cluster
 from allreduce.spmd import keys
 from allreduce.spmd.api import check_spmd_spec
-from allreduce.spmd.programs import Recv, Send, program, simulate
+from allreduce.spmd.programs import Program, Recv, Send, SumCollected, program, simulate
 
 CASES = [("xring", 1), ("xring", 2), ("xring", 3), ("rechd", 1), ("torus", 1), ("pscpu", 1), ("pscpu", 2)]
 
@@ -194,3 +195,112 @@ def test_the_simulation_finds_programs_that_do_not_match_up(monkeypatch, actions
     )
     with pytest.raises(RuntimeError, match=match):
         simulate("xring", [[1, 2], [3, 4]])
+
+
+def test_pair_group_keys_number_the_pairs_densely_from_the_base():
+    found = [keys.pair_group_key(a, b) for b in range(6) for a in range(b)]
+    assert found == list(range(keys.KEY_BASE, keys.KEY_BASE + 15))
+    assert all(type(key) is int for key in found)
+    top = keys.pair_group_key(keys.MAX_WORKERS - 1, keys.MAX_WORKERS - 2)
+    assert top == keys.KEY_BASE + keys.MAX_WORKERS * (keys.MAX_WORKERS - 1) // 2 - 1 and type(top) is int
+
+
+@pytest.mark.parametrize(("a", "b"), [(3, 3), (-1, 5), (5, -1), (0, keys.MAX_WORKERS), (keys.MAX_WORKERS, 7)])
+def test_pair_group_key_rejects_tasks_outside_the_range_naming_them(a, b):
+    message = f"a pair group needs two tasks in 0..{keys.MAX_WORKERS - 1}, got {a} and {b}"
+    assert keys.MAX_WORKERS - 1 == 4095
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        keys.pair_group_key(a, b)
+
+
+def test_the_all_group_key_counts_devices_per_worker_above_every_pair_key():
+    for devices in (1, 2, 8):
+        assert keys.all_group_key(devices) == keys.KEY_BASE + (1 << 24) + devices
+    assert keys.all_group_key(1) > keys.pair_group_key(keys.MAX_WORKERS - 2, keys.MAX_WORKERS - 1)
+
+
+@pytest.mark.parametrize(
+    ("channel", "slot", "message"),
+    [
+        (keys.CHANNELS, 0, f"channel must be in 0..15, got {keys.CHANNELS}"),
+        (-1, 0, "channel must be in 0..15, got -1"),
+        (0, keys.SLOTS_PER_CHANNEL, f"slot {keys.SLOTS_PER_CHANNEL} is outside 0..{(1 << 24) - 1}"),
+        (3, -1, f"slot -1 is outside 0..{(1 << 24) - 1}"),
+    ],
+)
+def test_instance_key_rejects_channels_and_slots_out_of_range_naming_them(channel, slot, message):
+    assert keys.SLOTS_PER_CHANNEL == 1 << 24
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        keys.instance_key(channel, slot, 0, 1)
+
+
+def test_instance_keys_fill_the_range_above_the_base_exactly():
+    assert keys.instance_key(0, 0, 0, 1) == keys.KEY_BASE
+    assert keys.instance_key(0, 0, 1, 0) == keys.KEY_BASE + 1
+    assert (
+        keys.instance_key(keys.CHANNELS - 1, keys.SLOTS_PER_CHANNEL - 1, 1, 0)
+        == keys.KEY_BASE + (1 << 29) - 1
+    )
+
+
+def test_a_channel_hands_out_exactly_its_slots_then_refuses_naming_the_count():
+    counter = keys.SlotCounter()
+    assert counter.reserve(0, keys.SLOTS_PER_CHANNEL) == 0
+    used = keys.SLOTS_PER_CHANNEL
+    message = (
+        f"channel 0 has used {used} of its {used} exchange slots and this trace needs 1 more: "
+        "trace fewer distinct all-reduces, or pack small tensors"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        counter.reserve(0, 1)
+    assert counter.reserve(1, 3) == 0 and counter.reserve(1, 2) == 3
+
+
+def test_the_shuffle_program_roots_shards_round_robin_and_collects_from_every_other_worker():
+    # pscpu over 3 workers, 6 elements in 2 shards, the bucket at index 1: shard j's root
+    # is worker (1 * 2 + j) % 3, it gathers in slot j and answers worker q in 2 + 3j + q.
+    got = [program("pscpu", 3, me, 6, 4, 2, 1) for me in range(3)]
+    assert got[0] == Program(
+        (3,),
+        (
+            Send(2, 0, 3, 0),
+            Recv(2, 0, 3, 2, "set"),
+            Recv(1, 3, 6, 1, "collect"),
+            Recv(2, 3, 6, 1, "collect"),
+            SumCollected(3, 6),
+            Send(1, 3, 6, 6),
+            Send(2, 3, 6, 7),
+        ),
+        8,
+    )
+    assert got[1] == Program(
+        (3,), (Send(2, 0, 3, 0), Recv(2, 0, 3, 3, "set"), Send(0, 3, 6, 1), Recv(0, 3, 6, 6, "set")), 8
+    )
+    assert got[2] == Program(
+        (3,),
+        (
+            Recv(0, 0, 3, 0, "collect"),
+            Recv(1, 0, 3, 0, "collect"),
+            SumCollected(0, 3),
+            Send(0, 0, 3, 2),
+            Send(1, 0, 3, 3),
+            Send(0, 3, 6, 1),
+            Recv(0, 3, 6, 7, "set"),
+        ),
+        8,
+    )
+
+
+def test_simulate_asks_for_every_workers_program_with_the_documented_defaults(monkeypatch):
+    from allreduce.spmd import programs
+
+    calls = []
+    real = programs.program
+
+    def recording(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(programs, "program", recording)
+    assert simulate("pscpu", [[1, 2], [3, 4], [5, 6]]) == [[9.0, 12.0]] * 3
+    assert calls == [("pscpu", 3, w, 2, 4, 1, 0) for w in range(3)]
