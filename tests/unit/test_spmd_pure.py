@@ -304,3 +304,10 @@ def test_simulate_asks_for_every_workers_program_with_the_documented_defaults(mo
     monkeypatch.setattr(programs, "program", recording)
     assert simulate("pscpu", [[1, 2], [3, 4], [5, 6]]) == [[9.0, 12.0]] * 3
     assert calls == [("pscpu", 3, w, 2, 4, 1, 0) for w in range(3)]
+
+
+@pytest.mark.parametrize("alg", ["xring", "rechd", "torus", "pscpu"])
+def test_a_single_worker_exchanges_nothing_and_keeps_its_vector(alg):
+    prog = program(alg, 1, 0, 10, 4)
+    assert prog.cuts == () and not [a for a in prog.actions if isinstance(a, (Send, Recv))]
+    assert simulate(alg, [[1.5, -2.0, 3.25]]) == [[1.5, -2.0, 3.25]]
