@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from allreduce.core.validation import check_spmd_cluster
+from allreduce.planning.algorithms.torus import torus_grid
 from allreduce.spmd import keys
 from allreduce.spmd.api import check_spmd_spec
 from allreduce.spmd.programs import Program, Recv, Send, SumCollected, program, simulate
@@ -311,3 +312,62 @@ def test_a_single_worker_exchanges_nothing_and_keeps_its_vector(alg):
     prog = program(alg, 1, 0, 10, 4)
     assert prog.cuts == () and not [a for a in prog.actions if isinstance(a, (Send, Recv))]
     assert simulate(alg, [[1.5, -2.0, 3.25]]) == [[1.5, -2.0, 3.25]]
+
+
+def _slots_needed(alg, n, shards):
+    """The slots of one all-reduce: one per step of each ring (xring), per fold and per
+    halving or doubling step (rechd), per step of the row and column rings (torus), and a
+    gather and an answer per worker for each shard (pscpu)."""
+    if alg == "xring":
+        return 2 * (n - 1) * shards
+    if alg == "rechd":
+        core_log2 = n.bit_length() - 1
+        return 2 + 2 * core_log2
+    if alg == "torus":
+        grid = torus_grid(n, shards)
+        return 2 * (len(grid[0]) - 1) + 2 * (len(grid) - 1)
+    k = min(shards, n)
+    return k + k * n
+
+
+TORUS_ROWS = [(4, 2), (4, 4), (6, 2), (6, 3), (6, 6), (9, 3)]
+
+
+def _programs_to_check():
+    for alg, shards in CASES:
+        for n in range(2, 10):
+            yield alg, n, shards
+    for n, rows in TORUS_ROWS:
+        yield "torus", n, rows
+
+
+def test_every_worker_reserves_the_slots_its_schedule_needs():
+    for alg, n, shards in _programs_to_check():
+        for length in (0, 1, 64):
+            slots = {program(alg, n, me, length, 4, shards).slots for me in range(n)}
+            assert slots == {_slots_needed(alg, n, shards)}, (alg, n, shards, length)
+
+
+def test_the_first_cuts_are_boundaries_of_exchanges_and_no_exchange_is_empty():
+    for alg, n, shards in _programs_to_check():
+        for length in (0, 1, n - 1, 17, 64):
+            for me in range(n):
+                prog = program(alg, n, me, length, 4, shards)
+                where = (alg, n, shards, length, me)
+                assert type(prog.cuts) is tuple and list(prog.cuts) == sorted(set(prog.cuts)), where
+                assert all(0 < cut <= length for cut in prog.cuts), where
+                moves = [a for a in prog.actions if isinstance(a, (Send, Recv))]
+                assert all(a.stop > a.start for a in moves), where
+                bounds = {x for a in prog.actions for x in (a.start, a.stop)}
+                assert set(prog.cuts) <= bounds, where
+                if alg in ("xring", "pscpu"):
+                    assert bounds <= {0, length, *prog.cuts}, where
+                if alg == "rechd":
+                    assert prog.cuts == (), where
+
+
+def test_a_worker_outside_a_ring_skips_its_slots():
+    from allreduce.spmd import programs
+
+    assert programs._ring([1, 2, 3], 0, [(0, 1), (1, 2), (2, 3)], 5) == ([], 9)
+    assert programs._ring([0], 0, [(0, 3)], 5) == ([], 5)
