@@ -371,3 +371,12 @@ def test_a_worker_outside_a_ring_skips_its_slots():
 
     assert programs._ring([1, 2, 3], 0, [(0, 1), (1, 2), (2, 3)], 5) == ([], 9)
     assert programs._ring([0], 0, [(0, 3)], 5) == ([], 5)
+
+
+def test_the_first_bucket_of_pscpu_is_rooted_on_worker_0_and_unknown_algorithms_are_named():
+    # index defaults to 0: the bucket's one shard is summed by worker (0 * 1 + 0) % n.
+    assert SumCollected(0, 6) in program("pscpu", 3, 0, 6, 4).actions
+    assert not [a for a in program("pscpu", 3, 1, 6, 4).actions if isinstance(a, SumCollected)]
+    message = "algorithm 'simple' has no SPMD program; use one of xring, rechd, torus, pscpu or collective"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        program("simple", 4, 0, 10, 4)
