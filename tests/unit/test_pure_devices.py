@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from allreduce.planning.devices import (
     DeviceName,
     build_all_reduce_device_prefixes,
+    check_device_names,
     group_by_worker,
     group_device_names,
     other_cpu_of_worker,
@@ -221,3 +222,40 @@ def test_shares_memory_means_cpus_of_one_worker() -> None:
     assert not shares_memory([])  # no worker at all
     assert not shares_memory([f"{w0}CPU:0", f"{w0}GPU:0"])
     assert not shares_memory([f"{w0}CPU:0", "/job:w/replica:0/task:1/device:CPU:0"])
+
+
+def test_check_device_names_returns_a_new_list_of_the_names() -> None:
+    names = ("/job:w/task:0/device:CPU:0", "/gpu:1", "/cpu:2")
+    checked = check_device_names(names, 3, "tower")
+    assert checked == list(names) and type(checked) is list
+    given_list = list(names)
+    copy = check_device_names(given_list, 3, "tower")
+    assert copy == given_list and copy is not given_list
+    assert given_list == list(names)
+
+
+@pytest.mark.parametrize(("count", "what"), [(2, "tower"), (4, "tensor"), (0, "device")])
+def test_check_device_names_rejects_another_count_naming_both(count: int, what: str) -> None:
+    names = ["/cpu:0", "/cpu:1", "/cpu:2"]
+    message = f"devices must list one device per {what}: {count}, got 3: {names!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        check_device_names(names, count, what)
+    assert names == ["/cpu:0", "/cpu:1", "/cpu:2"]
+
+
+@pytest.mark.parametrize(("value", "kind"), [("/cpu:0", "str"), (None, "NoneType"), ({"/cpu:0": 1}, "dict")])
+def test_check_device_names_rejects_a_non_list_naming_it(value: object, kind: str) -> None:
+    message = f"devices must be a list of device names, got {kind}: {value!r}"
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        check_device_names(value, 1, "tower")
+
+
+@pytest.mark.parametrize("bad", [0, 1, 2])
+def test_check_device_names_parses_every_name(bad: int) -> None:
+    names: list[object] = ["/cpu:0", "/cpu:1", "/cpu:2"]
+    names[bad] = "/cpu:1:2"
+    with pytest.raises(ValueError, match="^" + re.escape("invalid device name '/cpu:1:2'")):
+        check_device_names(names, 3, "tower")
+    names[bad] = None
+    with pytest.raises(TypeError, match=f"^{re.escape('device name must be a str, got NoneType: None')}$"):
+        check_device_names(names, 3, "tower")

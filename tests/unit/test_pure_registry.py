@@ -17,6 +17,7 @@ from allreduce.planning.registry import (
     algorithm_names,
     get_algorithm,
     register,
+    unregister,
 )
 
 SEED_NAMES = ["xring", "rechd", "pscpu", "psgpu", "nccl", "collective", "simple", "better", "trivial"]
@@ -141,6 +142,28 @@ def test_register_rejects_names_with_spec_delimiters(
     message = f"invalid algorithm name {name!r}: it may not contain ':', '#' or '/'"
     with pytest.raises(ValueError, match=re.escape(message)):
         register(AlgorithmInfo(name, "bad", None, frozenset({CPU})))
+    assert scratch_registry == before
+
+
+def test_unregister_removes_only_that_name_and_returns_its_entry(
+    scratch_registry: dict[str, AlgorithmInfo],
+) -> None:
+    before = dict(scratch_registry)
+    info = register(AlgorithmInfo("toy", "a test entry", None, frozenset({CPU})))
+    assert unregister("toy") is info
+    assert scratch_registry == before and algorithm_names() == list(before)
+    with pytest.raises(ValueError, match=re.escape("unknown all-reduce algorithm 'toy'")):
+        get_algorithm("toy")
+    assert register(info) is info  # the name is free again
+
+
+@pytest.mark.parametrize("name", ["toy", "xring/pscpu", ""])
+def test_unregister_rejects_a_name_that_is_not_registered(
+    scratch_registry: dict[str, AlgorithmInfo], name: str
+) -> None:
+    before = dict(scratch_registry)
+    with pytest.raises(ValueError, match=f"^{re.escape(f'algorithm {name!r} is not registered')}$"):
+        unregister(name)
     assert scratch_registry == before
 
 

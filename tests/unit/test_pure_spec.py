@@ -8,6 +8,7 @@ import pytest
 
 from allreduce.planning.spec import (
     AllReduceSpecTuple,
+    check_spec,
     format_all_reduce_spec,
     parse_all_reduce_spec,
     parse_general_int,
@@ -129,3 +130,10 @@ def test_select_spec_tuple_without_an_open_range_raises() -> None:
     with pytest.raises(ValueError, match=re.escape(message)) as info:
         select_spec_tuple(spec, 21)
     assert str(info.value).endswith("has no range for 21 elements")
+
+
+@pytest.mark.parametrize(("spec", "kind"), [(3, "int"), (None, "NoneType"), ({"xring": 1}, "dict")])
+def test_check_spec_names_the_type_of_a_spec_that_is_neither_text_nor_tuples(spec: object, kind: str) -> None:
+    message = f"spec must be a str or a list of AllReduceSpecTuple, got {kind}: {spec!r}"
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        check_spec(spec)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import threading
 
 import pytest
 
 from allreduce.core.validation import check_spmd_cluster
+from allreduce.planning.algorithms.torus import torus_grid
 from allreduce.spmd import keys
 from allreduce.spmd.api import check_spmd_spec
-from allreduce.spmd.programs import Recv, Send, program, simulate
+from allreduce.spmd.programs import Program, Recv, Send, SumCollected, program, simulate
 
 CASES = [("xring", 1), ("xring", 2), ("xring", 3), ("rechd", 1), ("torus", 1), ("pscpu", 1), ("pscpu", 2)]
 
@@ -275,3 +277,187 @@ def test_the_simulation_finds_programs_that_do_not_match_up(monkeypatch, actions
     )
     with pytest.raises(RuntimeError, match=match):
         simulate("xring", [[1, 2], [3, 4]])
+
+
+def test_pair_group_keys_number_the_pairs_densely_from_the_base():
+    found = [keys.pair_group_key(a, b) for b in range(6) for a in range(b)]
+    assert found == list(range(keys.KEY_BASE, keys.KEY_BASE + 15))
+    assert all(type(key) is int for key in found)
+    top = keys.pair_group_key(keys.MAX_WORKERS - 1, keys.MAX_WORKERS - 2)
+    assert top == keys.KEY_BASE + keys.MAX_WORKERS * (keys.MAX_WORKERS - 1) // 2 - 1 and type(top) is int
+
+
+@pytest.mark.parametrize(("a", "b"), [(3, 3), (-1, 5), (5, -1), (0, keys.MAX_WORKERS), (keys.MAX_WORKERS, 7)])
+def test_pair_group_key_rejects_tasks_outside_the_range_naming_them(a, b):
+    message = f"a pair group needs two tasks in 0..{keys.MAX_WORKERS - 1}, got {a} and {b}"
+    assert keys.MAX_WORKERS - 1 == 4095
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        keys.pair_group_key(a, b)
+
+
+def test_the_all_group_key_counts_devices_per_worker_above_every_pair_key():
+    for devices in (1, 2, 8):
+        assert keys.all_group_key(devices) == keys.KEY_BASE + (1 << 24) + devices
+    assert keys.all_group_key(1) > keys.pair_group_key(keys.MAX_WORKERS - 2, keys.MAX_WORKERS - 1)
+
+
+@pytest.mark.parametrize(
+    ("channel", "slot", "message"),
+    [
+        (keys.CHANNELS, 0, f"channel must be in 0..15, got {keys.CHANNELS}"),
+        (-1, 0, "channel must be in 0..15, got -1"),
+        (0, keys.SLOTS_PER_CHANNEL, f"slot {keys.SLOTS_PER_CHANNEL} is outside 0..{(1 << 24) - 1}"),
+        (3, -1, f"slot -1 is outside 0..{(1 << 24) - 1}"),
+    ],
+)
+def test_instance_key_rejects_channels_and_slots_out_of_range_naming_them(channel, slot, message):
+    assert keys.SLOTS_PER_CHANNEL == 1 << 24
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        keys.instance_key(channel, slot, 0, 1)
+
+
+def test_instance_keys_fill_the_range_above_the_base_exactly():
+    assert keys.instance_key(0, 0, 0, 1) == keys.KEY_BASE
+    assert keys.instance_key(0, 0, 1, 0) == keys.KEY_BASE + 1
+    assert (
+        keys.instance_key(keys.CHANNELS - 1, keys.SLOTS_PER_CHANNEL - 1, 1, 0)
+        == keys.KEY_BASE + (1 << 29) - 1
+    )
+
+
+def test_a_channel_hands_out_exactly_its_slots_then_refuses_naming_the_count():
+    counter = keys.SlotCounter()
+    assert counter.reserve(0, keys.SLOTS_PER_CHANNEL) == 0
+    used = keys.SLOTS_PER_CHANNEL
+    message = (
+        f"channel 0 has used {used} of its {used} exchange slots and this trace needs 1 more: "
+        "trace fewer distinct all-reduces, or pack small tensors"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        counter.reserve(0, 1)
+    assert counter.reserve(1, 3) == 0 and counter.reserve(1, 2) == 3
+
+
+def test_the_shuffle_program_roots_shards_round_robin_and_collects_from_every_other_worker():
+    # pscpu over 3 workers, 6 elements in 2 shards, the bucket at index 1: shard j's root
+    # is worker (1 * 2 + j) % 3, it gathers in slot j and answers worker q in 2 + 3j + q.
+    got = [program("pscpu", 3, me, 6, 4, 2, 1) for me in range(3)]
+    assert got[0] == Program(
+        (3,),
+        (
+            Send(2, 0, 3, 0),
+            Recv(2, 0, 3, 2, "set"),
+            Recv(1, 3, 6, 1, "collect"),
+            Recv(2, 3, 6, 1, "collect"),
+            SumCollected(3, 6),
+            Send(1, 3, 6, 6),
+            Send(2, 3, 6, 7),
+        ),
+        8,
+    )
+    assert got[1] == Program(
+        (3,), (Send(2, 0, 3, 0), Recv(2, 0, 3, 3, "set"), Send(0, 3, 6, 1), Recv(0, 3, 6, 6, "set")), 8
+    )
+    assert got[2] == Program(
+        (3,),
+        (
+            Recv(0, 0, 3, 0, "collect"),
+            Recv(1, 0, 3, 0, "collect"),
+            SumCollected(0, 3),
+            Send(0, 0, 3, 2),
+            Send(1, 0, 3, 3),
+            Send(0, 3, 6, 1),
+            Recv(0, 3, 6, 7, "set"),
+        ),
+        8,
+    )
+
+
+def test_simulate_asks_for_every_workers_program_with_the_documented_defaults(monkeypatch):
+    from allreduce.spmd import programs
+
+    calls = []
+    real = programs.program
+
+    def recording(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(programs, "program", recording)
+    assert simulate("pscpu", [[1, 2], [3, 4], [5, 6]]) == [[9.0, 12.0]] * 3
+    assert calls == [("pscpu", 3, w, 2, 4, 1, 0) for w in range(3)]
+
+
+@pytest.mark.parametrize("alg", ["xring", "rechd", "torus", "pscpu"])
+def test_a_single_worker_exchanges_nothing_and_keeps_its_vector(alg):
+    prog = program(alg, 1, 0, 10, 4)
+    assert prog.cuts == () and not [a for a in prog.actions if isinstance(a, (Send, Recv))]
+    assert simulate(alg, [[1.5, -2.0, 3.25]]) == [[1.5, -2.0, 3.25]]
+
+
+def _slots_needed(alg, n, shards):
+    """The slots of one all-reduce: one per step of each ring (xring), per fold and per
+    halving or doubling step (rechd), per step of the row and column rings (torus), and a
+    gather and an answer per worker for each shard (pscpu)."""
+    if alg == "xring":
+        return 2 * (n - 1) * shards
+    if alg == "rechd":
+        core_log2 = n.bit_length() - 1
+        return 2 + 2 * core_log2
+    if alg == "torus":
+        grid = torus_grid(n, shards)
+        return 2 * (len(grid[0]) - 1) + 2 * (len(grid) - 1)
+    k = min(shards, n)
+    return k + k * n
+
+
+TORUS_ROWS = [(4, 2), (4, 4), (6, 2), (6, 3), (6, 6), (9, 3)]
+
+
+def _programs_to_check():
+    for alg, shards in CASES:
+        for n in range(2, 10):
+            yield alg, n, shards
+    for n, rows in TORUS_ROWS:
+        yield "torus", n, rows
+
+
+def test_every_worker_reserves_the_slots_its_schedule_needs():
+    for alg, n, shards in _programs_to_check():
+        for length in (0, 1, 64):
+            slots = {program(alg, n, me, length, 4, shards).slots for me in range(n)}
+            assert slots == {_slots_needed(alg, n, shards)}, (alg, n, shards, length)
+
+
+def test_the_first_cuts_are_boundaries_of_exchanges_and_no_exchange_is_empty():
+    for alg, n, shards in _programs_to_check():
+        for length in (0, 1, n - 1, 17, 64):
+            for me in range(n):
+                prog = program(alg, n, me, length, 4, shards)
+                where = (alg, n, shards, length, me)
+                assert type(prog.cuts) is tuple and list(prog.cuts) == sorted(set(prog.cuts)), where
+                assert all(0 < cut <= length for cut in prog.cuts), where
+                moves = [a for a in prog.actions if isinstance(a, (Send, Recv))]
+                assert all(a.stop > a.start for a in moves), where
+                bounds = {x for a in prog.actions for x in (a.start, a.stop)}
+                assert set(prog.cuts) <= bounds, where
+                if alg in ("xring", "pscpu"):
+                    assert bounds <= {0, length, *prog.cuts}, where
+                if alg == "rechd":
+                    assert prog.cuts == (), where
+
+
+def test_a_worker_outside_a_ring_skips_its_slots():
+    from allreduce.spmd import programs
+
+    assert programs._ring([1, 2, 3], 0, [(0, 1), (1, 2), (2, 3)], 5) == ([], 9)
+    assert programs._ring([0], 0, [(0, 3)], 5) == ([], 5)
+
+
+def test_the_first_bucket_of_pscpu_is_rooted_on_worker_0_and_unknown_algorithms_are_named():
+    # index defaults to 0: the bucket's one shard is summed by worker (0 * 1 + 0) % n.
+    assert SumCollected(0, 6) in program("pscpu", 3, 0, 6, 4).actions
+    assert not [a for a in program("pscpu", 3, 1, 6, 4).actions if isinstance(a, SumCollected)]
+    message = "algorithm 'simple' has no SPMD program; use one of xring, rechd, torus, pscpu or collective"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        program("simple", 4, 0, 10, 4)
