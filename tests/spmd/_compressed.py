@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.spmd import _scenarios
+
 #: Every spec with a pairwise program across workers, compressed by the call.
 SPECS = (
     "xring",
@@ -63,11 +65,7 @@ def inputs(workers: int, devices: int, length: int, dtype: str, salt: int = 0) -
 
 
 def _tensors(tf, worker, devices, length, dtype, salt=0):
-    out = []
-    for d in range(devices):
-        with tf.device(f"{worker.device_prefix}/device:CPU:{d}"):
-            out.append(tf.constant(worker_input(worker.rank, d, length, dtype, salt)))
-    return out
+    return _scenarios._tensors(tf, worker, devices, length, dtype, salt, make=worker_input)
 
 
 def every_compressed_spec(devices: int) -> dict:

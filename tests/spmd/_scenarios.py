@@ -45,11 +45,14 @@ def expected(num_workers: int, devices: int, length: int, dtype: str, salt: int 
     )
 
 
-def _tensors(tf, worker, devices, length, dtype, salt=0):
+def _tensors(tf, worker, devices, length, dtype, salt=0, make=None):
+    """This worker's input tensors, one per device, from ``make`` (:func:`worker_input`
+    unless given)."""
+    make = make or worker_input
     out = []
     for d in range(devices):
         with tf.device(f"{worker.device_prefix}/device:CPU:{d}"):
-            out.append(tf.constant(worker_input(worker.rank, d, length, dtype, salt)))
+            out.append(tf.constant(make(worker.rank, d, length, dtype, salt)))
     return out
 
 
