@@ -100,6 +100,7 @@ def targets() -> dict[str, dict[str, object]]:
                 "tests/unit/test_spec.py",
                 "tests/unit/test_seed_defects.py",
                 "tests/unit/test_spmd_pure.py",
+                "tests/unit/test_spmd_bench_merge.py",
                 "tests/properties/test_spec_properties.py",
                 "tests/properties/test_cost_properties.py",
                 "tests/properties/test_planning_properties.py",
