@@ -17,6 +17,7 @@ to turn the check off (for example while debugging with a live cluster).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import uuid
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import pytest
 from hypothesis import Phase, settings
+
+from tests import forkserver
 
 # Mutation runs (tools/mutation.py) set ALLREDUCE_MUTATION_EXAMPLES: the ``ci`` profile
 # (derandomized, so that verdicts repeat) with that many examples, no example database
@@ -130,3 +133,34 @@ def no_leaked_threads_or_processes() -> Iterator[None]:
     leaks = _wait_for(lambda: leaked_threads(threads_before) + marked_processes(marker), GRACE_S)
     if leaks:
         pytest.fail("the test run left these running:\n  " + "\n  ".join(leaks), pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def forked_workers(no_leaked_threads_or_processes: None) -> Iterator[None]:
+    """The package's worker processes are forks of a process that has already imported
+    TensorFlow (``tests/forkserver.py``), started on first use and ended before the leak
+    check. Tests of the package's own process handling start real processes
+    (:func:`real_processes`)."""
+    from allreduce.cluster import spawn
+
+    saved = spawn.START, spawn.PYTHON
+    forkserver.install()
+    try:
+        yield
+    finally:
+        spawn.START, spawn.PYTHON = saved
+        forkserver.stop()
+
+
+@pytest.fixture
+def real_processes() -> Iterator[None]:
+    """This test's worker processes start as fresh interpreters (under coverage when the
+    run measures it), as they do outside the tests."""
+    from allreduce.cluster import spawn
+
+    saved = spawn.START, spawn.PYTHON
+    spawn.START, spawn.PYTHON = spawn._popen, [sys.executable, *forkserver.coverage_prefix()]
+    try:
+        yield
+    finally:
+        spawn.START, spawn.PYTHON = saved

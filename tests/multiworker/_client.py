@@ -29,6 +29,7 @@ import tensorflow as tf
 
 import allreduce
 from allreduce.cluster import WorkerError, local_cluster
+from tests import forkserver
 from tests.multiworker._recording import Recorder, integer_valued, place, tensor_values
 from tests.multiworker._scenarios import (
     scenario_connect,
@@ -36,6 +37,8 @@ from tests.multiworker._scenarios import (
     scenario_resolvers,
     scenario_training,
 )
+
+forkserver.install_from_environment()
 
 
 def loopback_connections(pids: list[int]) -> list[list[str]]:

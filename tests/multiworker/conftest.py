@@ -1,9 +1,10 @@
 """Shared code of the multi-worker tests: the client process and checks on child processes.
 
-Tests that connect to a cluster run ``_client.py`` in a fresh process (connecting changes
-a process's eager context for good, and this pytest process has its own 8 logical CPUs).
-Under coverage, the client runs under ``coverage run --parallel-mode`` with the same
-settings, and pytest-cov combines its data with this process's.
+Tests that connect to a cluster run ``_client.py`` in a process of its own (connecting
+changes a process's eager context for good, and this pytest process has its own 8
+logical CPUs): a fork of the test process's fork server (``tests/forkserver.py``), whose
+cluster workers are forks of it too. Under coverage, each of them measures itself with
+the same settings, and pytest-cov combines their data with this process's.
 """
 
 from __future__ import annotations
@@ -20,36 +21,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import forkserver
+
 CLIENT = Path(__file__).with_name("_client.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _coverage_prefix() -> list[str]:
-    try:
-        import coverage
-    except ImportError:  # pragma: no cover
-        return []
-    current = coverage.Coverage.current()
-    if current is None:
-        return []
-    config = current.config
-    return [
-        "-m",
-        "coverage",
-        "run",
-        "--parallel-mode",
-        f"--rcfile={config.config_file or ROOT / 'pyproject.toml'}",
-        f"--data-file={os.path.abspath(config.data_file)}",
-    ]
-
-
 def _client_command(scenario: str, args: dict, out_dir: Path, client: Path = CLIENT) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [sys.executable, *_coverage_prefix(), str(client), scenario, json.dumps(args), str(out_dir)]
+    return [sys.executable, str(client), scenario, json.dumps(args), str(out_dir)]
 
 
 def _client_env() -> dict[str, str]:
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    """The client's environment: its cluster's workers are forks of this process's fork
+    server too (``_client.py`` installs it)."""
+    return forkserver.environment(dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT)))
 
 
 def _read_result(scenario: str, out_dir: Path, returncode: int, stderr: str) -> tuple[dict, dict]:
@@ -74,9 +60,7 @@ def run_client(
     """
     command = _client_command(scenario, args, out_dir, client)
     try:
-        done = subprocess.run(
-            command, cwd=ROOT, env=_client_env(), capture_output=True, text=True, timeout=timeout_s
-        )
+        done = forkserver.run(command, cwd=ROOT, env=_client_env(), timeout=timeout_s)
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"client {scenario} did not finish in {timeout_s} s; stderr:\n{err.stderr}")
     return _read_result(scenario, out_dir, done.returncode, done.stderr)
@@ -88,7 +72,7 @@ class InteractiveClient:
     def __init__(self, scenario: str, args: dict, out_dir: Path) -> None:
         self.scenario, self.out_dir = scenario, out_dir
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by finish()
-        self.process = subprocess.Popen(
+        self.process = forkserver.popen(
             _client_command(scenario, args, out_dir),
             cwd=ROOT,
             env=_client_env(),

@@ -187,7 +187,7 @@ def test_port_taken_after_it_was_picked_is_retried(monkeypatch):
     assert picks == [1, 1]
 
 
-def test_start_timeout_reports_the_late_worker():
+def test_start_timeout_reports_the_late_worker(real_processes):
     with (
         pytest.raises(WorkerStartError, match=r"worker \d .* not ready after"),
         local_cluster(1, 1, connect=False, start_timeout_s=0.01),

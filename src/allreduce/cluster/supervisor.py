@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 
 from allreduce.cluster.errors import WorkerError, WorkerStartError
+from allreduce.cluster.spawn import python_process
 from allreduce.cluster.threads import daemon_thread
 from allreduce.cluster.worker import JOB_NAME
 from allreduce.core.validation import check_int
@@ -132,23 +133,14 @@ class WorkerProcess:
         self._stderr = tempfile.TemporaryFile(prefix=f"allreduce-worker{task}-")  # noqa: SIM115
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        command = [
-            sys.executable,
-            "-m",
+        args = [json.dumps(cluster), str(task), str(cpus), str(os.getpid())]
+        self.process = python_process(
             "allreduce.cluster.worker",
-            json.dumps(cluster),
-            str(task),
-            str(cpus),
-        ]
-        command.append(str(os.getpid()))
-        # Its own process group: Ctrl-C reaches the parent only, which then stops every worker.
-        self.process = subprocess.Popen(
-            command,
+            args,
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env=env,
-            start_new_session=True,
         )
         self._reader = daemon_thread(self._read_heartbeats, f"allreduce-worker{task}-heartbeat")
         self._reader.start()

@@ -25,6 +25,7 @@ from typing import Any
 
 from allreduce.cluster.errors import WorkerError
 from allreduce.cluster.ray_group import PLACEMENT_STRATEGIES
+from allreduce.cluster.spawn import python_process
 from allreduce.cluster.supervisor import BIND_FAILURE, LOOPBACK, START_ATTEMPTS, describe_exit, free_ports
 from allreduce.core.validation import (
     check_callable,
@@ -41,8 +42,6 @@ __all__ = ["BACKENDS", "launch"]
 
 log = logging.getLogger("allreduce.spmd")
 
-#: How a worker's interpreter is started (the test suite adds ``-m coverage run ...``).
-PYTHON = [sys.executable]
 #: Seconds a worker has to leave after ``SIGTERM`` before it is killed.
 _STOP_S = 5.0
 #: Names the script whose functions a worker must find as ``__main__``.
@@ -114,15 +113,14 @@ class _Child:
             # A function of the script being run pickles as "__main__.fn": the worker
             # loads the script as its __main__ too (without running its main block).
             env[MAIN_ENV] = os.path.abspath(main)
-        command = [*PYTHON, "-m", "allreduce.spmd._child", str(folder), str(task), str(devices)]
-        command.append(str(os.getpid()))
-        self.process = subprocess.Popen(
-            command,
+        args = [str(folder), str(task), str(devices), str(os.getpid())]
+        self.process = python_process(
+            "allreduce.spmd._child",
+            args,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=self.stderr,
             stderr=self.stderr,
-            env=env,
-            start_new_session=True,
         )
 
     def tail(self) -> str:

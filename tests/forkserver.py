@@ -1,0 +1,513 @@
+"""Test processes forked from a server that has already imported TensorFlow.
+
+A fresh Python process that imports TensorFlow and the package spends about 3.5 s of
+CPU on it (about 5 s under coverage); the multi-worker, SPMD and command-line tests
+start hundreds of them. Here one server per test process imports them once, and every
+process the tests start through :func:`popen` or :func:`run`, or the package through
+``allreduce.cluster.spawn`` (when :func:`install` has replaced ``spawn.START``), is a
+fork of it, in a few milliseconds.
+
+A forked process gets what a fresh one would: the caller's arguments, environment
+(``PYTHONPATH`` included), working folder, standard streams and a session of its own when
+asked; fresh signal handlers and exit handlers; ``sys.argv`` as Python sets it for ``-m``,
+``-c`` or a script; and coverage measurement when the caller runs under coverage. Its
+pid is real: the caller signals it as usual and learns its exit status from the server.
+
+Processes are forked from the server, not from their caller. So that a worker still dies
+with the process that started it, a pid given as the worker's last argument (how
+``allreduce.cluster.worker`` and ``allreduce.spmd._child`` name their parent) is replaced
+by the server's, whose death the kernel reports to it, and the child also ends itself
+when that caller ends. Tests of the package's own process handling (a parent killed,
+a worker that dies with it, no process left behind after Ctrl-C) start real processes.
+
+    python tests/forkserver.py SOCKET   # the server; started by :func:`server_path`
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+#: The environment variable naming the server's socket, for processes the tests start.
+ENV = "ALLREDUCE_TEST_FORK_SERVER"
+#: ``ALLREDUCE_TEST_NO_FORK=1`` starts every process as a fresh interpreter instead (under
+#: coverage when the run measures it), for comparison and debugging.
+ENABLED = os.environ.get("ALLREDUCE_TEST_NO_FORK") != "1"
+ROOT = Path(__file__).resolve().parents[1]
+#: Imported by the server before it forks anything.
+PRELOAD = (
+    "tensorflow",
+    "numpy",
+    "allreduce",
+    "allreduce.bench.cli",
+    "allreduce.cluster.worker",
+    "allreduce.spmd._child",
+    "allreduce.spmd.runtime",
+)
+_HEADER = struct.Struct("!I")
+_POLL_S = 0.05
+
+
+# ---------------------------------------------------------------------------- the server
+
+
+def _child_streams(unbuffered: bool) -> None:
+    """New ``sys.stdin``/``stdout``/``stderr`` on descriptors 0-2, buffered as Python
+    buffers them at start-up."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        tty = os.isatty(fd)
+        buffering = 0 if unbuffered and mode == "w" else -1
+        raw = io.open(fd, mode + "b", buffering=buffering, closefd=False)  # noqa: SIM115, UP020
+        stream = io.TextIOWrapper(
+            raw,
+            encoding="utf-8",
+            errors="backslashreplace" if name == "stderr" else "strict",
+            line_buffering=tty or name == "stderr",
+            write_through=unbuffered,
+        )
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _watch(pid: int) -> None:
+    """Kills this process when process ``pid`` ends."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        os._exit(1)
+
+    def wait() -> None:
+        select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=wait, name="forkserver-watch", daemon=True).start()
+
+
+def _run_target(argv: list[str]) -> None:
+    """Runs ``argv`` as ``python ARGV`` would, in this process."""
+    import runpy
+
+    if argv[0] == "-m":
+        sys.argv = [argv[1], *argv[2:]]
+        sys.path.insert(0, os.getcwd())
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    elif argv[0] == "-c":
+        sys.argv = ["-c", *argv[2:]]
+        sys.path.insert(0, "")
+        main = type(sys)("__main__")
+        sys.modules["__main__"] = main
+        exec(compile(argv[1], "<string>", "exec"), main.__dict__)
+    else:
+        sys.argv = list(argv)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
+        runpy.run_path(argv[0], run_name="__main__")
+
+
+def _exit_code(err: BaseException | None) -> int:
+    if err is None:
+        return 0
+    if isinstance(err, SystemExit):
+        code = err.code
+        if code is None or isinstance(code, int):
+            return code or 0
+        print(code, file=sys.stderr)
+        return 1
+    import traceback
+
+    traceback.print_exception(err)
+    if isinstance(err, KeyboardInterrupt):
+        return -signal.SIGINT
+    return 1
+
+
+def _start_coverage(settings: dict | None) -> Any:
+    if not settings:
+        return None
+    import coverage
+
+    cov = coverage.Coverage(data_file=settings["data_file"], data_suffix=True, config_file=settings["rcfile"])
+    cov.start()
+    return cov
+
+
+def _child(request: dict, fds: list[int]) -> None:
+    """In the forked process: becomes the requested process, runs it, and leaves."""
+    if request["session"]:
+        os.setsid()
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    atexit._clear()
+    env = request["env"]
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(request["cwd"])
+    for path in reversed([p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]):
+        sys.path.insert(0, path)
+    _child_streams(bool(env.get("PYTHONUNBUFFERED")))
+    argv = list(request["argv"])
+    if argv and argv[-1] == str(request["caller"]):
+        argv[-1] = str(os.getppid())
+    _watch(request["caller"])
+    cov = _start_coverage(request.get("coverage"))
+    error: BaseException | None = None
+    try:
+        _run_target(argv)
+    except BaseException as err:  # as the interpreter would report it
+        error = err
+    code = _exit_code(error)
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    if cov is not None:
+        cov.stop()
+        cov.save()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code & 0xFF)
+
+
+def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+    (size,) = _HEADER.unpack(data[: _HEADER.size])
+    data = data[_HEADER.size :]
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("request cut short")
+        data += chunk
+    return json.loads(data), fds
+
+
+def serve(path: str) -> None:
+    """Imports :data:`PRELOAD`, then forks one process per request on ``path`` until its
+    parent ends."""
+    from allreduce.cluster.worker import die_with_parent
+
+    parent = os.getppid()
+    die_with_parent(parent)
+    for name in PRELOAD:
+        __import__(name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    waiting: dict[int, socket.socket] = {}
+    while os.getppid() == parent:
+        readable, _, _ = select.select([listener], [], [], _POLL_S)
+        if readable:
+            conn, _ = listener.accept()
+            try:
+                request, fds = _receive(conn)
+            except (OSError, ValueError):
+                conn.close()
+                continue
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                for held in (listener, conn, *waiting.values()):
+                    held.close()
+                try:
+                    _child(request, fds)
+                finally:
+                    os._exit(70)
+            for fd in fds:
+                os.close(fd)
+            conn.sendall(f"{pid}\n".encode())
+            waiting[pid] = conn
+        _reap(waiting)
+
+
+def _reap(waiting: dict[int, socket.socket]) -> None:
+    while waiting:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = waiting.pop(pid, None)
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+            conn.close()
+
+
+# ---------------------------------------------------------------------------- the callers
+
+_server: tuple[subprocess.Popen, str] | None = None
+_lock = threading.Lock()
+
+
+def server_path() -> str:
+    """The socket of this process's server, started on first use (it ends with this process)."""
+    global _server
+    with _lock:
+        if _server is None or _server[0].poll() is not None:
+            folder = tempfile.mkdtemp(prefix="allreduce-forkserver-")
+            path = os.path.join(folder, "socket")
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+            env.pop("COVERAGE_PROCESS_START", None)
+            with open(os.path.join(folder, "server.log"), "wb") as log:
+                process = subprocess.Popen(
+                    [sys.executable, __file__, path],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    env=env,
+                    start_new_session=True,
+                )
+            if process.stdout.readline() != b"ready\n":
+                raise RuntimeError("the fork server did not start")
+            _server = process, path
+        return _server[1]
+
+
+def _coverage_settings() -> dict | None:
+    try:
+        import coverage
+    except ImportError:  # pragma: no cover
+        return None
+    current = coverage.Coverage.current()
+    if current is None:
+        return None
+    config = current.config
+    rcfile = config.config_file or str(ROOT / "pyproject.toml")
+    return {"rcfile": rcfile, "data_file": os.path.abspath(config.data_file)}
+
+
+def _descriptor(value: int | IO[Any] | None, default: int, mode: str, text: bool) -> tuple[int, Any]:
+    """``(descriptor for the child, our end)`` for a ``subprocess``-style stream argument."""
+    if value is None:
+        return os.dup(default), None
+    if value == subprocess.DEVNULL:
+        return os.open(os.devnull, os.O_RDWR), None
+    if value == subprocess.PIPE:
+        read, write = os.pipe()
+        if mode == "r":
+            return read, os.fdopen(write, "w" if text else "wb")
+        return write, os.fdopen(read, "r" if text else "rb")
+    fd = value if isinstance(value, int) else value.fileno()
+    return os.dup(fd), None
+
+
+class ForkedProcess:
+    """A process forked by the server: the part of :class:`subprocess.Popen` the package
+    and the tests use (``pid``, ``returncode``, ``poll``, ``wait``, ``send_signal``,
+    ``kill``, ``terminate``, ``stdin``, ``stdout``)."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike | None = None,
+        start_new_session: bool = False,
+        text: bool = False,
+        path: str | None = None,
+    ) -> None:
+        self.args = list(args)
+        if self.args and self.args[0] == sys.executable:
+            self.args = self.args[1:]
+        self.returncode: int | None = None
+        fds = []
+        fd, self.stdin = _descriptor(stdin, 0, "r", text)
+        fds.append(fd)
+        fd, self.stdout = _descriptor(stdout, 1, "w", text)
+        fds.append(fd)
+        fd, self.stderr = _descriptor(stderr if stderr != subprocess.STDOUT else fds[1], 2, "w", text)
+        fds.append(fd)
+        request = {
+            "argv": self.args,
+            "env": dict(os.environ if env is None else env),
+            "cwd": os.fspath(cwd) if cwd is not None else os.getcwd(),
+            "session": start_new_session,
+            "caller": os.getpid(),
+            "coverage": _coverage_settings(),
+        }
+        data = json.dumps(request).encode()
+        self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._conn.connect(path or server_path())
+            socket.send_fds(self._conn, [_HEADER.pack(len(data)) + data], fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self._reply = self._conn.makefile("rb")
+        self.pid = int(self._reply.readline())
+
+    def poll(self) -> int | None:
+        """The exit status if the process has ended, else ``None``."""
+        if self.returncode is None and select.select([self._conn], [], [], 0)[0]:
+            self._finish()
+        return self.returncode
+
+    def _finish(self) -> None:
+        line = self._reply.readline()
+        self.returncode = int(line) if line else -signal.SIGKILL
+        self._reply.close()
+        self._conn.close()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Waits for the process to end; returns its status.
+
+        Raises:
+            subprocess.TimeoutExpired: it is still running after ``timeout`` seconds.
+        """
+        if self.returncode is None:
+            if not select.select([self._conn], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self._finish()
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def __enter__(self) -> ForkedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for stream in (self.stdin, self.stdout):
+            if stream is not None:
+                stream.close()
+        self.wait()
+
+
+def coverage_prefix() -> list[str]:
+    """The interpreter options that run a fresh process under this process's coverage
+    settings (none when coverage is off)."""
+    settings = _coverage_settings()
+    if settings is None:
+        return []
+    rcfile, data_file = settings["rcfile"], settings["data_file"]
+    return ["-m", "coverage", "run", "--parallel-mode", f"--rcfile={rcfile}", f"--data-file={data_file}"]
+
+
+def _fresh(args: Sequence[str]) -> list[str]:
+    args = list(args)
+    if args and args[0] == sys.executable:
+        return [args[0], *coverage_prefix(), *args[1:]]
+    return args
+
+
+def popen(args: Sequence[str], **options: Any) -> ForkedProcess | subprocess.Popen:
+    """Starts ``args`` (``[sys.executable, ...]``) as a fork of the server; ``options`` as
+    :class:`subprocess.Popen` takes them (streams, ``env``, ``cwd``, ``start_new_session``)."""
+    if not ENABLED:
+        return subprocess.Popen(_fresh(args), **options)
+    return ForkedProcess(args, **options)
+
+
+def run(
+    args: Sequence[str], *, input: str | None = None, timeout: float | None = None, **options: Any
+) -> subprocess.CompletedProcess:
+    """As ``subprocess.run(args, capture_output=True, text=True, ...)``, forked from the server.
+
+    Raises:
+        subprocess.TimeoutExpired: the process ran past ``timeout`` seconds (it is killed).
+    """
+    if not ENABLED:
+        return subprocess.run(
+            _fresh(args), input=input, timeout=timeout, capture_output=True, text=True, **options
+        )
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as given:
+        given.write((input or "").encode())
+        given.seek(0)
+        process = ForkedProcess(args, stdin=given, stdout=out, stderr=err, **options)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired as expired:
+            process.kill()
+            process.wait()
+            out.seek(0)
+            err.seek(0)
+            expired.stdout, expired.stderr = (
+                out.read().decode(errors="replace"),
+                err.read().decode(errors="replace"),
+            )
+            raise
+        out.seek(0)
+        err.seek(0)
+        text = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    return subprocess.CompletedProcess(process.args, process.returncode, *text)
+
+
+def stop() -> None:
+    """Ends this process's server, if it runs (the processes it forked keep running)."""
+    global _server
+    with _lock:
+        if _server is not None:
+            process, path = _server
+            process.kill()
+            process.wait()
+            process.stdout.close()
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+            _server = None
+
+
+def environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) naming this process's server in :data:`ENV`, so
+    that a test script started with it can :func:`install_from_environment`."""
+    env = dict(os.environ if env is None else env)
+    if ENABLED:
+        env[ENV] = server_path()
+    return env
+
+
+def install() -> None:
+    """Makes the package's worker processes (``allreduce.cluster.spawn``) forks of the server."""
+    from allreduce.cluster import spawn
+
+    if ENABLED:
+        spawn.START = popen
+    else:
+        spawn.PYTHON = [sys.executable, *coverage_prefix()]
+
+
+def install_from_environment() -> None:
+    """In a process the tests started: uses the server named by :data:`ENV`, if any."""
+    path = os.environ.get(ENV)
+    if path:
+        from allreduce.cluster import spawn
+
+        spawn.START = lambda args, **options: ForkedProcess(args, path=path, **options)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
