@@ -39,12 +39,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-#: The environment variable naming the server's socket, for processes the tests start.
-ENV = "ALLREDUCE_TEST_FORK_SERVER"
 #: ``ALLREDUCE_TEST_NO_FORK=1`` starts every process as a fresh interpreter instead (under
 #: coverage when the run measures it), for comparison and debugging.
 ENABLED = os.environ.get("ALLREDUCE_TEST_NO_FORK") != "1"
@@ -66,9 +65,11 @@ _POLL_S = 0.05
 # ---------------------------------------------------------------------------- the server
 
 
-def _child_streams(unbuffered: bool) -> None:
+def _child_streams(unbuffered: bool) -> list[Any]:
     """New ``sys.stdin``/``stdout``/``stderr`` on descriptors 0-2, buffered as Python
-    buffers them at start-up."""
+    buffers them at start-up; returns the server's, which handlers made at import time
+    (TensorFlow's logger) still write to."""
+    old = [sys.stdout, sys.stderr]
     for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
         tty = os.isatty(fd)
         buffering = 0 if unbuffered and mode == "w" else -1
@@ -82,6 +83,7 @@ def _child_streams(unbuffered: bool) -> None:
         )
         setattr(sys, name, stream)
         setattr(sys, f"__{name}__", stream)
+    return old
 
 
 def _watch(pid: int) -> None:
@@ -106,6 +108,12 @@ def _run_target(argv: list[str]) -> None:
         sys.argv = [argv[1], *argv[2:]]
         sys.path.insert(0, os.getcwd())
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    elif argv[0] == "-":
+        sys.argv = ["-", *argv[1:]]
+        sys.path.insert(0, "")
+        main = type(sys)("__main__")
+        sys.modules["__main__"] = main
+        exec(compile(sys.stdin.read(), "<stdin>", "exec"), main.__dict__)
     elif argv[0] == "-c":
         sys.argv = ["-c", *argv[2:]]
         sys.path.insert(0, "")
@@ -145,7 +153,7 @@ def _start_coverage(settings: dict | None) -> Any:
     return cov
 
 
-def _child(request: dict, fds: list[int]) -> None:
+def _child(request: dict, fds: list[int], path: str) -> None:
     """In the forked process: becomes the requested process, runs it, and leaves."""
     if request["session"]:
         os.setsid()
@@ -162,9 +170,13 @@ def _child(request: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(env)
     os.chdir(request["cwd"])
-    for path in reversed([p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]):
-        sys.path.insert(0, path)
-    _child_streams(bool(env.get("PYTHONUNBUFFERED")))
+    for entry in reversed([p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]):
+        sys.path.insert(0, entry)
+    old_streams = _child_streams(bool(env.get("PYTHONUNBUFFERED")))
+    if request["fork_workers"]:
+        from allreduce.cluster import spawn
+
+        spawn.START = lambda args, **options: ForkedProcess(args, path=path, **options)
     argv = list(request["argv"])
     if argv and argv[-1] == str(request["caller"]):
         argv[-1] = str(os.getppid())
@@ -181,7 +193,7 @@ def _child(request: dict, fds: list[int]) -> None:
     if cov is not None:
         cov.stop()
         cov.save()
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (sys.stdout, sys.stderr, *old_streams):
         with contextlib.suppress(Exception):
             stream.flush()
     if code < 0:
@@ -223,7 +235,8 @@ def serve(path: str) -> None:
             conn, _ = listener.accept()
             try:
                 request, fds = _receive(conn)
-            except (OSError, ValueError):
+            except (OSError, ValueError, struct.error) as err:
+                sys.stderr.write(f"forkserver: a request failed: {err!r}\n")
                 conn.close()
                 continue
             sys.stdout.flush()
@@ -233,7 +246,7 @@ def serve(path: str) -> None:
                 for held in (listener, conn, *waiting.values()):
                     held.close()
                 try:
-                    _child(request, fds)
+                    _child(request, fds, path)
                 finally:
                     os._exit(70)
             for fd in fds:
@@ -332,6 +345,7 @@ class ForkedProcess:
         cwd: str | os.PathLike | None = None,
         start_new_session: bool = False,
         text: bool = False,
+        fork_workers: bool = True,
         path: str | None = None,
     ) -> None:
         self.args = list(args)
@@ -352,6 +366,7 @@ class ForkedProcess:
             "session": start_new_session,
             "caller": os.getpid(),
             "coverage": _coverage_settings(),
+            "fork_workers": fork_workers,
         }
         data = json.dumps(request).encode()
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -387,6 +402,40 @@ class ForkedProcess:
                 raise subprocess.TimeoutExpired(self.args, timeout)
             self._finish()
         return self.returncode
+
+    def communicate(self, input: bytes | None = None, timeout: float | None = None) -> tuple[Any, Any]:
+        """Reads the ``stdout`` and ``stderr`` pipes to their ends and waits, as
+        :meth:`subprocess.Popen.communicate` does (without ``input``).
+
+        Raises:
+            subprocess.TimeoutExpired: the output did not end within ``timeout`` seconds.
+        """
+        if input is not None:
+            raise NotImplementedError("communicate() writes no input here")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        streams = [s for s in (self.stdout, self.stderr) if s is not None and not s.closed]
+        chunks: dict[Any, list[bytes]] = {s: [] for s in streams}
+        while streams:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = select.select(streams, [], [], left)[0]
+            if not ready:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            for stream in ready:
+                chunk = os.read(stream.fileno(), 1 << 16)
+                if chunk:
+                    chunks[stream].append(chunk)
+                else:
+                    streams.remove(stream)
+                    stream.close()
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+        def text(stream: Any) -> Any:
+            if stream is None:
+                return None
+            data = b"".join(chunks.get(stream, []))
+            return data.decode() if isinstance(stream, io.TextIOBase) else data
+
+        return text(self.stdout), text(self.stderr)
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
@@ -481,15 +530,6 @@ def stop() -> None:
             _server = None
 
 
-def environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``env`` (default: this process's) naming this process's server in :data:`ENV`, so
-    that a test script started with it can :func:`install_from_environment`."""
-    env = dict(os.environ if env is None else env)
-    if ENABLED:
-        env[ENV] = server_path()
-    return env
-
-
 def install() -> None:
     """Makes the package's worker processes (``allreduce.cluster.spawn``) forks of the server."""
     from allreduce.cluster import spawn
@@ -498,15 +538,6 @@ def install() -> None:
         spawn.START = popen
     else:
         spawn.PYTHON = [sys.executable, *coverage_prefix()]
-
-
-def install_from_environment() -> None:
-    """In a process the tests started: uses the server named by :data:`ENV`, if any."""
-    path = os.environ.get(ENV)
-    if path:
-        from allreduce.cluster import spawn
-
-        spawn.START = lambda args, **options: ForkedProcess(args, path=path, **options)
 
 
 if __name__ == "__main__":

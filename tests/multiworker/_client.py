@@ -29,7 +29,6 @@ import tensorflow as tf
 
 import allreduce
 from allreduce.cluster import WorkerError, local_cluster
-from tests import forkserver
 from tests.multiworker._recording import Recorder, integer_valued, place, tensor_values
 from tests.multiworker._scenarios import (
     scenario_connect,
@@ -37,8 +36,6 @@ from tests.multiworker._scenarios import (
     scenario_resolvers,
     scenario_training,
 )
-
-forkserver.install_from_environment()
 
 
 def loopback_connections(pids: list[int]) -> list[list[str]]:

@@ -33,9 +33,7 @@ def _client_command(scenario: str, args: dict, out_dir: Path, client: Path = CLI
 
 
 def _client_env() -> dict[str, str]:
-    """The client's environment: its cluster's workers are forks of this process's fork
-    server too (``_client.py`` installs it)."""
-    return forkserver.environment(dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT)))
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
 
 
 def _read_result(scenario: str, out_dir: Path, returncode: int, stderr: str) -> tuple[dict, dict]:

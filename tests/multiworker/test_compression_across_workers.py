@@ -9,13 +9,13 @@ both workers, and a flat ring's results are wire values (its last hop crossed a 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
 
+from tests import forkserver
 from tests.oracle import exact_sum
 
 from .conftest import ROOT
@@ -61,14 +61,7 @@ CLIENT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def outputs() -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", CLIENT, json.dumps(SPECS)],
-        capture_output=True,
-        text=True,
-        timeout=500,
-        cwd=ROOT,
-        check=False,
-    )
+    done = forkserver.run([sys.executable, "-c", CLIENT, json.dumps(SPECS)], timeout=500, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -25,6 +25,7 @@ from allreduce import spmd
 from allreduce.measure.spmd_driver import PEER_NAME
 from allreduce.selection.auto import resolve_with_reason
 from allreduce.spmd.specs import MODE, cluster_devices, is_spmd_capable
+from tests import forkserver
 from tests.spmd import _tuned
 
 pytestmark = pytest.mark.multiworker
@@ -37,13 +38,7 @@ _INTERRUPTIBLE = (
 
 
 def _bench(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "allreduce.bench", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        env=env,
-    )
+    return forkserver.run([sys.executable, "-m", "allreduce.bench", *args], timeout=TIMEOUT_S, env=env)
 
 
 @pytest.fixture

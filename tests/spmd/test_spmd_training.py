@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from allreduce import spmd
+from tests import forkserver
 from tests.multiworker.test_multiworker_training import LR, _data
 
 pytestmark = pytest.mark.multiworker
@@ -49,7 +49,7 @@ def test_spmd_training_equals_exact_sgd_with_replicas_identical():
 
 def test_the_example_runs_as_a_script_with_its_functions_found_in_the_workers():
     # launch pickles the script's own train() as __main__.train; the workers load the script.
-    done = subprocess.run(
+    done = forkserver.run(
         [
             sys.executable,
             str(EXAMPLES / "spmd_training.py"),
@@ -60,8 +60,6 @@ def test_the_example_runs_as_a_script_with_its_functions_found_in_the_workers():
             "--steps",
             "3",
         ],
-        capture_output=True,
-        text=True,
         timeout=240,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"},
     )

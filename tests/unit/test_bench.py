@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -21,6 +20,7 @@ from allreduce.measure.contenders import Contender, Setup, SpecContender, defaul
 from allreduce.measure.driver import run_case
 from allreduce.measure.peers import NumpyFloor
 from allreduce.planning.registry import algorithm_names, get_algorithm
+from tests import forkserver
 from tests.oracle import exact_sum
 from tests.strategies import cpu
 
@@ -245,9 +245,7 @@ def test_workers_run_across_a_local_cluster(tmp_path):
     report = tmp_path / "r.json"
     # A process that joins a cluster cannot leave it: run the command in its own process.
     argv = ["--workers", "2", "--devices", "2", *TINY_RUN, "--no-peers", "--json", str(report)]
-    done = subprocess.run(
-        [sys.executable, "-m", "allreduce.bench", *argv], capture_output=True, text=True, timeout=300
-    )
+    done = forkserver.run([sys.executable, "-m", "allreduce.bench", *argv], timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     document = json.loads(report.read_text())
     assert document["ok"] and len(document["devices"]) == 4

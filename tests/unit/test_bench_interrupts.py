@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
+
 # Runs the command with Python's own SIGINT handler (a shell may start background jobs
 # with SIGINT ignored). With BOMB set, an object whose finalizer sends SIGINT to this
 # process and lets the handler run inside the finalizer is dropped once, at that point:
@@ -62,8 +64,10 @@ def _start(argv: list[str], bomb: str | None = None) -> subprocess.Popen:
     env = dict(os.environ)
     if bomb:
         env["BOMB"] = bomb
-    return subprocess.Popen(
+    # The command is a fork of a process that has imported TensorFlow; its workers are real.
+    return forkserver.popen(
         [sys.executable, "-c", _RUNNER, *argv],
+        fork_workers=False,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,

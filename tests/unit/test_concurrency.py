@@ -24,6 +24,7 @@ import tensorflow as tf
 
 import allreduce
 from allreduce.graph import eager
+from tests import forkserver
 from tests.strategies import cpu, make_tensor
 
 STRESS = Path(__file__).with_name("_stress.py")
@@ -35,13 +36,8 @@ def test_threads_all_reducing_at_once_get_exact_results(scenario: str, tmp_path:
     out = tmp_path / "failures.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
     try:
-        done = subprocess.run(
-            [sys.executable, str(STRESS), scenario, str(out)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
+        done = forkserver.run(
+            [sys.executable, str(STRESS), scenario, str(out)], cwd=ROOT, env=env, timeout=240
         )
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"the {scenario} stress run hung (no end after 240 s); stderr:\n{err.stderr}")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
 from tests.unit.test_readme import README, ROOT, shell_lines
 
 DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
@@ -118,7 +119,7 @@ def _run_all(batches: list[list[list[str]]], folder: Path) -> list[dict]:
                     str(folder / f"in{i}.json"),
                     str(folder / f"out{i}"),
                 ]
-                proc = subprocess.Popen(
+                proc = forkserver.popen(
                     command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
                 )
                 running.append((proc, folder / f"out{i}"))

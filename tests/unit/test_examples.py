@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import forkserver
 from tests.strategies import cpu
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -64,13 +64,7 @@ def test_keras_fit_example_follows_single_device_training() -> None:
     ],
 )
 def test_example_runs_from_the_command_line(name: str, args: list[str], expected: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = forkserver.run([sys.executable, str(EXAMPLES / f"{name}.py"), *args], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert expected in result.stdout
     assert "4 replicas" in result.stdout

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from allreduce.planning.registry import algorithm_names, get_algorithm
+from tests import forkserver
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -79,15 +80,12 @@ def run_snippet(code: str) -> subprocess.CompletedProcess:
     """Runs ``code`` in a fresh interpreter, fed on stdin, from the repository root, with
     a cache directory of its own (a snippet that tunes never writes the user's cache)."""
     with tempfile.TemporaryDirectory(prefix="allreduce-snippet-") as cache:
-        return subprocess.run(
+        return forkserver.run(
             [sys.executable, "-"],
             input=code,
-            capture_output=True,
-            text=True,
             timeout=SNIPPET_TIMEOUT_S,
             cwd=ROOT,
             env={**os.environ, "XDG_CACHE_HOME": cache, "ALLREDUCE_CACHE_DIR": cache},
-            check=False,
         )
 
 
