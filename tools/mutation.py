@@ -103,6 +103,7 @@ def targets() -> dict[str, dict[str, object]]:
                 "tests/unit/test_spmd_bench_merge.py",
                 "tests/properties/test_spec_properties.py",
                 "tests/properties/test_cost_properties.py",
+                "tests/properties/test_cost_local_steps.py",
                 "tests/properties/test_planning_properties.py",
             ),
         },

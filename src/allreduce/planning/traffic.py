@@ -145,11 +145,13 @@ class Schedule:
         self.rounds.extend(r for r in other.rounds if not r.empty)
         return self
 
-    def alongside(self, others: Iterable[Schedule]) -> Schedule:
-        """Runs ``others`` at the same time, after this one's rounds; returns ``self``."""
+    def alongside(self, others: Iterable[Schedule], *, in_step: bool = False) -> Schedule:
+        """Runs ``others`` at the same time, after this one's rounds; returns ``self``.
+        Empty rounds are left out, unless ``in_step``: then round ``i`` of each of
+        ``others`` lands in the same round (schedules of one shape, run round by round)."""
         start = len(self.rounds)
         for other in others:
-            for i, r in enumerate(x for x in other.rounds if not x.empty):
+            for i, r in enumerate(x for x in other.rounds if in_step or not x.empty):
                 target = self.at(start + i)
                 target.hops += r.hops
                 target.adds += r.adds

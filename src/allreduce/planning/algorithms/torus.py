@@ -79,7 +79,8 @@ def torus_cost(job: Job) -> Schedule:
         rings.append(schedule_of(replace(job, info=XRING, devices=column, length=nbytes // b, shards=1)))
         for k, device in enumerate(column):
             values[k, c] = rings[-1].results.get(device, ("sum", s.uid, k, c))
-    s.alongside(rings)
+    # A column ring whose split copies nothing keeps its empty first round: the rings run in step.
+    s.alongside(rings, in_step=True)
     start = len(s.rounds)
     pieces: list[list[Piece]] = []
     for k, row in enumerate(grid):
