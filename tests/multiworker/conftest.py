@@ -153,7 +153,7 @@ class WorkerCommand:
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         with open(log, "wb") as stderr:
-            self.process = subprocess.Popen(
+            self.process = forkserver.popen(
                 [str(WORKER_COMMAND), *args],
                 cwd=ROOT,
                 env={**os.environ, **(env or {})},

@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pytest
 import tensorflow as tf
 
 from allreduce.cluster.supervisor import free_ports
+from tests import forkserver
 from tests.oracle import exact_sum
 from tests.unit.test_readme import shell_lines
 
@@ -96,14 +96,11 @@ def bench_runs(workers, session):
     assert len(commands) == 2, commands
     runs = []
     for env, args in commands:
-        done = subprocess.run(
+        done = forkserver.run(
             [str(Path(sys.executable).with_name("allreduce-bench")), *args],
             cwd=ROOT,
             env={**os.environ, **env},
-            capture_output=True,
-            text=True,
             timeout=180,
-            check=False,
         )
         runs.append((args, done.returncode, done.stdout, done.stderr))
     return runs

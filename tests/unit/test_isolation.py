@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
+FORKSERVER = CONFTEST.with_name("forkserver.py")
 
 LEAKS = {
     "clean": """
@@ -57,6 +58,9 @@ def test_leaks_a_process(tmp_path_factory):
 
 def run_inner(tmp_path: Path, name: str) -> subprocess.CompletedProcess:
     shutil.copy(CONFTEST, tmp_path / "conftest.py")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "__init__.py").touch()
+    shutil.copy(FORKSERVER, tmp_path / "tests" / "forkserver.py")
     pid_file = tmp_path / "pid"
     (tmp_path / "test_inner.py").write_text(LEAKS[name].replace("{pid_file!r}", repr(str(pid_file))))
     env = dict(os.environ, ALLREDUCE_LEAK_GRACE_S="0.5")
