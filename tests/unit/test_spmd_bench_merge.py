@@ -3,11 +3,13 @@ benchmark runs by default (pure: no worker is started)."""
 
 from __future__ import annotations
 
+import pytest
+
 from allreduce.measure.cases import Case
 from allreduce.measure.contenders import OURS, PEER
 from allreduce.measure.spmd_driver import PEER_NAME, Record, merge, spmd_contenders
 from allreduce.planning.registry import algorithm_names, get_algorithm
-from allreduce.spmd.specs import CAPABLE, PEER_SPEC, default_spmd_specs, is_spmd_capable
+from allreduce.spmd.specs import CAPABLE, PEER_SPEC, cluster_devices, default_spmd_specs, is_spmd_capable
 
 CASE = Case("4KiB", ((1024,),), "float32")
 
@@ -108,3 +110,36 @@ def test_a_contender_that_cannot_be_built_is_a_skipped_row_and_the_others_run(mo
     records = _stub_worker(monkeypatch, [cannot, good])()
     assert records[0].skipped == "ValueError: no SPMD form here" and not records[0].samples_s
     assert records[1].skipped is None and len(records[1].samples_s) == 2
+
+
+def test_the_default_specs_of_small_clusters_are_the_documented_ones():
+    # docs/benchmark.md: every SPMD-capable algorithm, its "#2" where two shards fit the
+    # devices, and the pairs A/B (without "#2") when a worker has more than one device.
+    flat = ["xring", "xring#2", "rechd", "pscpu", "pscpu#2", "torus"]
+    assert default_spmd_specs(2, 1) == [*flat, "torus#2"]
+    assert default_spmd_specs(3, 1) == flat  # 2 does not divide 3 devices: no torus#2
+    assert default_spmd_specs(2, 2) == [*flat, "torus#2", "pscpu/pscpu"]
+    assert default_spmd_specs(5, 3) == [*flat, "pscpu/pscpu"]
+
+
+def test_a_refused_spec_lists_the_choices_one_by_one():
+    from allreduce.planning.spec import parse_all_reduce_spec
+    from allreduce.spmd.programs import ALGORITHMS
+    from allreduce.spmd.specs import check_spmd_spec
+
+    with pytest.raises(ValueError) as refused:
+        check_spmd_spec(parse_all_reduce_spec("simple"))
+    assert f"use one of {', '.join(CAPABLE)} (or A/B" in str(refused.value)
+    with pytest.raises(ValueError) as compressed:
+        check_spmd_spec(parse_all_reduce_spec("collective"), compression="bf16")
+    assert f"({', '.join(ALGORITHMS)}), not 'collective'" in str(compressed.value)
+
+
+def test_a_cluster_is_named_by_the_cpus_of_each_worker_in_turn():
+    assert cluster_devices(2, 2) == [
+        "/job:worker/replica:0/task:0/device:CPU:0",
+        "/job:worker/replica:0/task:0/device:CPU:1",
+        "/job:worker/replica:0/task:1/device:CPU:0",
+        "/job:worker/replica:0/task:1/device:CPU:1",
+    ]
+    assert cluster_devices(1, 1, "GPU") == ["/job:worker/replica:0/task:0/device:GPU:0"]
