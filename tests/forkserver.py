@@ -13,6 +13,9 @@ asked; fresh signal handlers and exit handlers; ``sys.argv`` as Python sets it f
 ``-c`` or a script; and coverage measurement when the caller runs under coverage. Its
 pid is real: the caller signals it as usual and learns its exit status from the server.
 
+A forked process's own worker processes (``allreduce.cluster.spawn``) are forks of the
+server too, unless the caller asks for real ones (``fork_workers=False``).
+
 Processes are forked from the server, not from their caller. So that a worker still dies
 with the process that started it, a pid given as the worker's last argument (how
 ``allreduce.cluster.worker`` and ``allreduce.spmd._child`` name their parent) is replaced

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
+
 pytestmark = [pytest.mark.multiworker, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,8 +122,9 @@ def _script() -> str:
 def outcomes():
     """Runs every case at once; ``{case: (record or None, the end of stderr)}``."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    # A case that imports TensorFlow first is a fork of a process that has (tests/forkserver.py).
     started = {
-        key: subprocess.Popen(
+        key: (forkserver.popen if key[1] == "tensorflow" else subprocess.Popen)(
             [sys.executable, "-c", _script(), *key],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -20,6 +20,7 @@ import time
 import pytest
 
 from allreduce.planning.registry import algorithm_names, get_algorithm
+from tests import forkserver
 
 # Runs main() on each argv of a JSON list with the named modules blocked; prints the
 # status, stdout and stderr of each, and which of the blocked modules got loaded.
@@ -262,7 +263,7 @@ def test_rows_stream_and_ctrl_c_keeps_them_in_the_table_and_the_json(tmp_path):
     # 1 KiB is done in a fraction of a second; the sweep up to 16 MiB takes far longer.
     argv = ["--specs", "simple", "--peers", "numpy", "--min-bytes", "1K", "--max-bytes", "16M"]
     argv += ["--iters", "300", "--warmup", "0", "--no-progress", "--json", str(report)]
-    proc = subprocess.Popen(
+    proc = forkserver.popen(
         [sys.executable, "-c", _INTERRUPTIBLE, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
