@@ -48,8 +48,30 @@ settings.register_profile("deep", max_examples=2000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+#: The longest test files and folders, run first (each file's tests keep their order):
+#: ``make test`` hands whole files to its test processes in this order, and a long file
+#: started last would keep one process busy while the other waits.
+LONGEST_FIRST = (
+    "tests/ray_workers/",
+    "tests/spmd/",
+    "tests/multiworker/",
+    "tests/unit/test_doc_bench_commands.py",
+    "tests/properties/test_algorithm_properties.py",
+    "tests/unit/test_docs.py",
+    "tests/unit/test_examples.py",
+    "tests/unit/test_bench_interrupts.py",
+)
+
+
+def _rank(item: pytest.Item) -> int:
+    path = str(item.fspath).replace(os.sep, "/")
+    return next((i for i, part in enumerate(LONGEST_FIRST) if f"/{part}" in path), len(LONGEST_FIRST))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Marks everything under tests/gpu as ``gpu`` and skips it where no GPU is visible."""
+    """Puts the longest files first (:data:`LONGEST_FIRST`); marks everything under
+    tests/gpu as ``gpu`` and skips it where no GPU is visible."""
+    items.sort(key=_rank)
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     skip = pytest.mark.skip(
         reason="no GPU visible to TensorFlow (tf.config.list_physical_devices('GPU') is empty)"
