@@ -24,7 +24,6 @@ import tensorflow as tf
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import allreduce
 from allreduce.planning.cost_model import BucketCost, bucket_costs
 from allreduce.planning.registry import get_algorithm
 from allreduce.planning.spec import parse_all_reduce_spec
@@ -32,6 +31,7 @@ from tests.properties.test_cost_properties import (
     COMPOSABLE,
     DTYPES,
     FLAT,
+    emitted,
     graph_traffic,
     model_traffic,
     names,
@@ -44,19 +44,6 @@ SIZES = st.lists(st.integers(1, 3000) | st.sampled_from([64, 4096, 262144, 30000
 
 def _nbytes(t: tf.Tensor) -> int:
     return t.shape.num_elements() * t.dtype.size
-
-
-def emitted(devices, sizes, spec, dtype, groups=None) -> tuple[list[tf.Operation], list[list[tf.Tensor]]]:
-    """The ops ``batch_all_reduce`` emits (in creation order) and its results."""
-    with tf.Graph().as_default() as graph:
-        towers = []
-        for d in devices:
-            with tf.device(d):
-                towers.append([tf.compat.v1.placeholder(dtype, [n]) for n in sizes])
-        before = set(graph.get_operations())
-        results = allreduce.batch_all_reduce(towers, spec, devices=devices, worker_groups=groups)
-        ops = [op for op in graph.get_operations() if op not in before]
-    return ops, results
 
 
 def graph_adds(ops) -> Counter:

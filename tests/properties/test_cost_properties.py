@@ -42,20 +42,27 @@ FLAT = [n for n in algorithm_names() if _with_formula(n)]
 COMPOSABLE = [n for n in FLAT if get_algorithm(n).composable]
 
 
-def graph_traffic(
-    devices: list[str], sizes: list[int], spec: str, dtype: tf.DType, groups=None
-) -> tuple[dict[str, int], dict[str, int]]:
-    """Bytes each device sends and receives across devices in the graph of ``batch_all_reduce``."""
+def emitted(devices, sizes, spec, dtype, groups=None) -> tuple[list[tf.Operation], list[list[tf.Tensor]]]:
+    """The ops ``batch_all_reduce`` emits (in creation order) and its results, in a
+    TensorFlow 1 graph of placeholders (built, never run)."""
     with tf.Graph().as_default() as graph:
         towers = []
         for d in devices:
             with tf.device(d):
                 towers.append([tf.compat.v1.placeholder(dtype, [n]) for n in sizes])
         before = set(graph.get_operations())
-        allreduce.batch_all_reduce(towers, spec, devices=devices, worker_groups=groups)
-        emitted = [op for op in graph.get_operations() if op not in before]
+        results = allreduce.batch_all_reduce(towers, spec, devices=devices, worker_groups=groups)
+        ops = [op for op in graph.get_operations() if op not in before]
+    return ops, results
+
+
+def graph_traffic(
+    devices: list[str], sizes: list[int], spec: str, dtype: tf.DType, groups=None
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes each device sends and receives across devices in the graph of ``batch_all_reduce``."""
+    ops, _ = emitted(devices, sizes, spec, dtype, groups)
     seen, sent, received = set(), defaultdict(int), defaultdict(int)
-    for op in emitted:
+    for op in ops:
         for t in op.inputs:
             if t.op.device != op.device and (t.name, op.device) not in seen:
                 seen.add((t.name, op.device))
