@@ -18,10 +18,11 @@ The rules decide only on real differences:
 
 from __future__ import annotations
 
-import random
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
+
+import numpy as np
 
 from allreduce.planning.spec import AllReduceSpecTuple, format_all_reduce_spec, parse_all_reduce_spec
 from allreduce.selection.bands import band_limit
@@ -61,13 +62,16 @@ def ratio_interval(a: Sequence[float], b: Sequence[float], *, seed: int = 0) -> 
     """
     if not a or not b:
         raise ValueError("ratio_interval needs samples on both sides")
-    rng = random.Random(seed)
-    ratios = sorted(
-        statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b)))
-        for _ in range(_RESAMPLES)
-    )
+    rng = np.random.default_rng(seed)
+    ratios = np.sort(_resampled_medians(a, rng) / _resampled_medians(b, rng))
     tail = (1 - CONFIDENCE) / 2
-    return ratios[int(tail * (_RESAMPLES - 1))], ratios[int((1 - tail) * (_RESAMPLES - 1))]
+    return float(ratios[int(tail * (_RESAMPLES - 1))]), float(ratios[int((1 - tail) * (_RESAMPLES - 1))])
+
+
+def _resampled_medians(samples: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+    """The medians of :data:`_RESAMPLES` resamples (with replacement) of ``samples``."""
+    values = np.asarray(samples, dtype=np.float64)
+    return np.median(values[rng.integers(0, len(values), size=(_RESAMPLES, len(values)))], axis=1)
 
 
 class BandChoice(NamedTuple):
@@ -128,21 +132,21 @@ def total_ratio_interval(
 ) -> tuple[float, float]:
     """A bootstrap interval (:data:`CONFIDENCE`) of ``a``'s estimated workload time over
     ``b``'s: measured cells resampled, predicted ones held fixed."""
-    rng = random.Random(0)
+    rng = np.random.default_rng(0)
 
-    def total(spec: str) -> float:
-        parts = []
+    def totals(spec: str) -> np.ndarray:
+        out = np.full(_RESAMPLES, -overhead * (len(bands) - 1))
         for band in bands:
             samples = measured.get((spec, band))
             if samples:
-                parts.append(statistics.median(rng.choices(samples, k=len(samples))))
+                out += _resampled_medians(samples, rng)
             else:
-                parts.append(predicted.get((spec, band)) or 0.0)
-        return sum(parts) - overhead * (len(bands) - 1)
+                out += predicted.get((spec, band)) or 0.0
+        return out
 
-    ratios = sorted(total(a) / total(b) for _ in range(_RESAMPLES))
+    ratios = np.sort(totals(a) / totals(b))
     tail = (1 - CONFIDENCE) / 2
-    return ratios[int(tail * (_RESAMPLES - 1))], ratios[int((1 - tail) * (_RESAMPLES - 1))]
+    return float(ratios[int(tail * (_RESAMPLES - 1))]), float(ratios[int((1 - tail) * (_RESAMPLES - 1))])
 
 
 def _base(candidates: Sequence[str], found: Mapping[str, float], measured_on: Sequence[str] = ()) -> str:
