@@ -25,7 +25,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from allreduce.planning.cost_model import BucketCost, bucket_costs
-from allreduce.planning.registry import get_algorithm
+from allreduce.planning.registry import CPU, get_algorithm
 from allreduce.planning.spec import parse_all_reduce_spec
 from tests.properties.test_cost_properties import (
     COMPOSABLE,
@@ -191,4 +191,22 @@ def test_a_schedules_steps_are_the_longest_chain_of_cross_device_edges_in_its_gr
     spec = _spec(alg, devices, shards)
     ops, results = emitted(devices, [length], spec, dtype)
     (cost,) = costs_of(devices, [length], spec, DTYPES[dtype])
+    assert cost.schedule.steps == longest_chain(ops, results)
+
+
+@given(
+    alg=st.sampled_from(
+        [n for n in FLAT if get_algorithm(n).reducer and CPU in get_algorithm(n).device_types]
+    ),
+    workers=st.integers(1, 3),
+    per_worker=st.integers(2, 4),
+    length=st.sampled_from([1000, 300001, 1 << 20]),
+    dtype=st.sampled_from(list(DTYPES)),
+)
+def test_a_sum_on_one_cpu_takes_the_steps_of_its_graph(alg, workers, per_worker, length, dtype):
+    # A large sum on a CPU first hands that CPU's own inputs to another CPU of its worker
+    # and takes them back: two steps before the copies out, as in the graph.
+    devices = names("CPU", workers, per_worker)
+    ops, results = emitted(devices, [length], alg, dtype)
+    (cost,) = costs_of(devices, [length], alg, DTYPES[dtype])
     assert cost.schedule.steps == longest_chain(ops, results)
