@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter, defaultdict
 
+import pytest
 import tensorflow as tf
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -210,3 +211,34 @@ def test_a_sum_on_one_cpu_takes_the_steps_of_its_graph(alg, workers, per_worker,
     ops, results = emitted(devices, [length], alg, dtype)
     (cost,) = costs_of(devices, [length], alg, DTYPES[dtype])
     assert cost.schedule.steps == longest_chain(ops, results)
+
+
+#: Every kind of placement the formulas tell apart: CPUs of one worker (their hops hand
+#: buffers over and one join serves them all), GPUs of one worker, and several workers.
+PLACEMENTS = {
+    "3 CPUs": names("CPU", 1, 3),
+    "4 CPUs": names("CPU", 1, 4),
+    "5 GPUs": names("GPU", 1, 5),
+    "2x2 GPUs": names("GPU", 2, 2),
+    "3x1 CPUs": names("CPU", 3, 1),
+}
+
+
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+@pytest.mark.parametrize("alg", FLAT)
+def test_every_formula_on_every_kind_of_placement_follows_its_graph(alg, placement):
+    # The properties above draw these too, but not each one every time.
+    devices = PLACEMENTS[placement]
+    info = get_algorithm(alg)
+    if info.problem(devices) is not None:
+        pytest.skip(info.problem(devices))
+    for sizes in ([1], [1000, 7], [300001]):
+        ops, results = emitted(devices, sizes, alg, tf.float32)
+        costs = costs_of(devices, sizes, alg, 4)
+        assert model_adds(costs) == graph_adds(ops), sizes
+        assert model_copies(costs) == graph_copies(ops), sizes
+        assert model_traffic(devices, sizes, alg, 4) == graph_traffic(devices, sizes, alg, tf.float32), sizes
+        model, graph = _label_pairs(costs, results, devices)
+        assert model == graph, sizes
+        if len(costs) == 1 and "CPU" not in placement:  # the steps test above says why GPUs
+            assert costs[0].schedule.steps == longest_chain(ops, results), sizes
