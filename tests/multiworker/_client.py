@@ -1,7 +1,7 @@
 """The client side of the multi-worker tests, run in its own process.
 
 Connecting to a cluster changes a process's eager context for good, so every test that
-connects runs this script in a fresh Python process:
+connects runs this script in a process of its own (a fork of tests/forkserver.py's server):
 
     python _client.py SCENARIO ARGS_JSON OUT_DIR
 

@@ -12,7 +12,8 @@ last occurrence of an option wins):
 * ``--tune``: ``--tune-budget 10``.
 
 Building the model is what used to start TensorFlow before the devices were split, so
-each ``--workload model`` command runs in a fresh process of its own. The other
+each ``--workload model`` command runs in a process of its own (a fork of the test
+process's fork server, which has started no TensorFlow context). The other
 single-process commands share one process, and the ``--workers`` commands another (one
 local cluster, or one set of ``--spmd`` worker processes, after the other); the
 processes run side by side, with a cache folder of their own.

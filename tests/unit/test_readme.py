@@ -77,8 +77,9 @@ def python_blocks(path: Path) -> list[Block]:
 
 
 def run_snippet(code: str) -> subprocess.CompletedProcess:
-    """Runs ``code`` in a fresh interpreter, fed on stdin, from the repository root, with
-    a cache directory of its own (a snippet that tunes never writes the user's cache)."""
+    """Runs ``code`` in a process of its own (a fork of tests/forkserver.py's server), fed
+    on stdin, from the repository root, with a cache directory of its own (a snippet that
+    tunes never writes the user's cache)."""
     with tempfile.TemporaryDirectory(prefix="allreduce-snippet-") as cache:
         return forkserver.run(
             [sys.executable, "-"],
