@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HYPOTHESIS_PROFILE ?= dev
 # Test processes (pytest-xdist); each test file runs whole in one of them.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 .PHONY: help venv test test-fast lint bench bench-full clean
 
