@@ -1,9 +1,9 @@
 """How the package starts its local worker processes: one function, and the hook around it.
 
 Pure Python. :func:`python_process` runs ``python -m MODULE ARGS`` in a session of its
-own, with this process's pid as its last argument (each worker module dies with the
-process it names); :mod:`allreduce.cluster.supervisor` (the servers of ``local_cluster``)
-and :mod:`allreduce.spmd.launcher` (the workers of ``spmd.launch``) both call it.
+own; :mod:`allreduce.cluster.supervisor` (the servers of ``local_cluster``) and
+:mod:`allreduce.spmd.launcher` (the workers of ``spmd.launch``) both call it. Each worker
+module takes the pid of the process that started it as its last argument and dies with it.
 
 :data:`PYTHON` is the interpreter command and :data:`START` the function that starts
 the process (``subprocess.Popen`` by default); a test harness may replace either, for
@@ -13,7 +13,6 @@ already imported TensorFlow.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -42,8 +41,7 @@ def python_process(
     stdout: int | IO[Any] | None,
     stderr: int | IO[Any] | None,
 ) -> Any:
-    """Starts ``PYTHON -m module *args PID`` (``PID``: this process's) in a new session
-    (Ctrl-C reaches only its parent, which then stops it); returns the process (a
-    :class:`subprocess.Popen`)."""
-    command = [*PYTHON, "-m", module, *args, str(os.getpid())]
+    """Starts ``PYTHON -m module *args`` in a new session (Ctrl-C reaches only its
+    parent, which then stops it); returns the process (a :class:`subprocess.Popen`)."""
+    command = [*PYTHON, "-m", module, *args]
     return START(command, stdin=stdin, stdout=stdout, stderr=stderr, env=dict(env), start_new_session=True)

@@ -133,7 +133,7 @@ class WorkerProcess:
         self._stderr = tempfile.TemporaryFile(prefix=f"allreduce-worker{task}-")  # noqa: SIM115
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        args = [json.dumps(cluster), str(task), str(cpus)]
+        args = [json.dumps(cluster), str(task), str(cpus), str(os.getpid())]
         self.process = python_process(
             "allreduce.cluster.worker",
             args,

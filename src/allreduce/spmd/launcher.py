@@ -113,7 +113,7 @@ class _Child:
             # A function of the script being run pickles as "__main__.fn": the worker
             # loads the script as its __main__ too (without running its main block).
             env[MAIN_ENV] = os.path.abspath(main)
-        args = [str(folder), str(task), str(devices)]
+        args = [str(folder), str(task), str(devices), str(os.getpid())]
         self.process = python_process(
             "allreduce.spmd._child",
             args,
